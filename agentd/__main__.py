@@ -1,0 +1,85 @@
+"""`agentd` command line: generate, inspect, serve, cache."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.config import ModelFormatError
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="stream the completion of a chat prompt to stdout")
+    p.add_argument("prompt", help="the user message")
+    p.add_argument("--model", help="GGUF file (default: the embedded default model)")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-think", action="store_true", help="render the prompt with thinking disabled")
+    p.set_defaults(run=_run_generate)
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="print a GGUF model's architecture, tensors and state sizes")
+    p.add_argument("path")
+    p.set_defaults(run=_run_inspect)
+
+
+def _model_path(arg: str | None) -> str:
+    if arg:
+        return arg
+    from engine.synthetic import ensure_default_model
+
+    return str(ensure_default_model(progress=True))
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from engine import load_model
+    from engine.generate import generate
+    from engine.sampling import SamplingParams
+
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    params.validate()
+    if args.max_tokens < 1:
+        raise ValueError("--max-tokens must be at least 1")
+    model = load_model(_model_path(args.model), progress=True)
+    prompt = model.chat_template.render(
+        [{"role": "user", "content": args.prompt}], add_generation_prompt=True, enable_thinking=not args.no_think
+    )
+    decoder = model.tokenizer.stream_decoder()
+    for token in generate(model, model.tokenizer.encode(prompt), params, args.max_tokens):
+        sys.stdout.write(decoder.push(token))
+        sys.stdout.flush()
+    sys.stdout.write(decoder.flush() + "\n")
+    return 0
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from engine.inspect import describe
+
+    print(describe(args.path))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_inspect(sub)
+    from agentd import serve_cli
+
+    serve_cli.add_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ModelFormatError, ValueError, OSError) as e:
+        print(f"agentd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""`Model`: the public engine object (weights + tokenizer + chat template + state factory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from engine.chat_template import DEFAULT_TEMPLATE, ChatTemplate
+from engine.config import ModelConfig
+from engine.gguf_loader import GGUFFile, metadata_getter
+from engine.qwen35 import Qwen35, load_weights
+from engine.state import Checkpoint, State
+from engine.tokenizer import Tokenizer
+from kernels.backend import Backend
+from kernels.numpy_backend import NumpyBackend
+
+
+class Model:
+    def __init__(self, path: Path, config: ModelConfig, net: Qwen35, tokenizer: Tokenizer,
+                 chat_template: ChatTemplate, fingerprint: str):
+        self.path = path
+        self.config = config
+        self.net = net
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.fingerprint = fingerprint
+
+    def new_state(self) -> State:
+        return State(self.config, self.fingerprint)
+
+    def restore(self, checkpoint: Checkpoint) -> State:
+        """A fresh mutable state continuing exactly where `checkpoint` was taken."""
+        return State.from_checkpoint(self.config, self.fingerprint, checkpoint)
+
+    def forward(self, token_ids: Sequence[int], state: State, last_only: bool = False) -> np.ndarray:
+        """Run `token_ids` after `state`; float32 logits (len, n_vocab) or (1, n_vocab) with last_only."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("forward needs at least one token")
+        if ids.min() < 0 or ids.max() >= self.config.n_vocab:
+            raise ValueError(f"token id out of range [0, {self.config.n_vocab})")
+        if state.fingerprint != self.fingerprint:
+            raise ValueError("state belongs to a different model")
+        return self.net.forward(ids, state, last_only=last_only)
+
+
+def load_model(path: str | Path, progress: bool = False, backend: Backend | None = None) -> Model:
+    """Load a qwen35 / qwen35moe GGUF file. Raises engine.config.ModelFormatError naming any problem."""
+    f = GGUFFile(path)
+    vocab = f.vocab()
+    config = ModelConfig.from_metadata(metadata_getter(f), len(vocab.tokens))
+    be = backend or NumpyBackend()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.n_layer, desc=f"loading {Path(path).name}", unit="layer", leave=False)
+    try:
+        weights = load_weights(f, config, be, bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    template = f.get("tokenizer.chat_template", None) or DEFAULT_TEMPLATE
+    return Model(Path(path), config, Qwen35(config, weights, be), Tokenizer(vocab),
+                 ChatTemplate(template), f.fingerprint(config))

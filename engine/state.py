@@ -1,0 +1,164 @@
+"""Per-sequence model state: recurrent (conv + delta-rule) states and attention KV.
+
+A `State` is mutable and owned by whoever runs the model. `State.snapshot()` gives an immutable
+`Checkpoint` (the state after exactly `position` tokens); checkpoints serialize to bytes with a
+checksum so a stored one can be verified before it is trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.config import ModelConfig
+
+CHECKPOINT_MAGIC = b"AGCK"
+CHECKPOINT_VERSION = 1
+_DIGEST = 16
+
+
+class State:
+    """Mutable state of one sequence after `position` tokens."""
+
+    def __init__(self, config: ModelConfig, fingerprint: str):
+        self.config = config
+        self.fingerprint = fingerprint
+        self.position = 0
+        c = config
+        n_rec = len(c.recurrent_layer_ids)
+        self.conv = [np.zeros((c.conv_kernel - 1, c.conv_channels), np.float32) for _ in range(n_rec)]
+        self.ssm = [np.zeros((c.ssm_dt_rank, c.ssm_d_state, c.ssm_d_state), np.float32) for _ in range(n_rec)]
+        n_attn = len(c.attention_layer_ids)
+        self._k = [np.zeros((0, c.n_kv_head, c.head_dim), np.float32) for _ in range(n_attn)]
+        self._v = [np.zeros((0, c.n_kv_head, c.head_dim), np.float32) for _ in range(n_attn)]
+
+    def append_kv(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Write K/V for positions [position, position + len(k)); return views of all keys/values so far."""
+        end = self.position + k.shape[0]
+        buf_k, buf_v = self._k[layer], self._v[layer]
+        if end > buf_k.shape[0]:
+            cap = max(end, 2 * buf_k.shape[0], 256)
+            grown_k = np.empty((cap,) + buf_k.shape[1:], np.float32)
+            grown_v = np.empty((cap,) + buf_v.shape[1:], np.float32)
+            grown_k[: self.position] = buf_k[: self.position]
+            grown_v[: self.position] = buf_v[: self.position]
+            self._k[layer], self._v[layer] = buf_k, buf_v = grown_k, grown_v
+        buf_k[self.position : end] = k
+        buf_v[self.position : end] = v
+        return buf_k[:end], buf_v[:end]
+
+    @property
+    def nbytes(self) -> int:
+        rec = sum(a.nbytes for a in self.conv) + sum(a.nbytes for a in self.ssm)
+        kv = sum(k[: self.position].nbytes + v[: self.position].nbytes for k, v in zip(self._k, self._v))
+        return rec + kv
+
+    def snapshot(self) -> "Checkpoint":
+        return Checkpoint(
+            position=self.position,
+            fingerprint=self.fingerprint,
+            recurrent=tuple((_frozen(c), _frozen(s)) for c, s in zip(self.conv, self.ssm)),
+            kv=tuple((_frozen(k[: self.position]), _frozen(v[: self.position])) for k, v in zip(self._k, self._v)),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, config: ModelConfig, fingerprint: str, ckpt: "Checkpoint") -> "State":
+        if ckpt.fingerprint != fingerprint:
+            raise ValueError("checkpoint belongs to a different model (fingerprint mismatch)")
+        state = cls(config, fingerprint)
+        if len(ckpt.recurrent) != len(state.conv) or len(ckpt.kv) != len(state._k):
+            raise ValueError("checkpoint layer count does not match the model")
+        for i, (conv, ssm) in enumerate(ckpt.recurrent):
+            if conv.shape != state.conv[i].shape or ssm.shape != state.ssm[i].shape:
+                raise ValueError("checkpoint recurrent state shape does not match the model")
+            state.conv[i] = conv.copy()
+            state.ssm[i] = ssm.copy()
+        for i, (k, v) in enumerate(ckpt.kv):
+            if k.shape != (ckpt.position,) + state._k[i].shape[1:] or v.shape != k.shape:
+                raise ValueError("checkpoint KV shape does not match the model or its position")
+            state._k[i] = k.copy()
+            state._v[i] = v.copy()
+        state.position = ckpt.position
+        return state
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """Immutable state after `position` tokens: recurrent (conv, ssm) per GDN layer, KV[0:position]
+    per attention layer, and the fingerprint of the model that computed it."""
+
+    position: int
+    fingerprint: str
+    recurrent: tuple[tuple[np.ndarray, np.ndarray], ...]
+    kv: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays())
+
+    def _arrays(self) -> list[np.ndarray]:
+        return [a for pair in self.recurrent for a in pair] + [a for pair in self.kv for a in pair]
+
+    def to_bytes(self) -> bytes:
+        arrays = self._arrays()
+        header = json.dumps(
+            {
+                "fingerprint": self.fingerprint,
+                "position": self.position,
+                "n_recurrent": len(self.recurrent),
+                "n_kv": len(self.kv),
+                "shapes": [list(a.shape) for a in arrays],
+            }
+        ).encode()
+        body = b"".join(
+            [CHECKPOINT_MAGIC, struct.pack("<II", CHECKPOINT_VERSION, len(header)), header]
+            + [np.ascontiguousarray(a, "<f4").tobytes() for a in arrays]
+        )
+        return body + hashlib.blake2b(body, digest_size=_DIGEST).digest()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "Checkpoint":
+        """Parse and verify; any corruption raises ValueError (never returns a wrong state)."""
+        if len(blob) < 12 + _DIGEST or blob[:4] != CHECKPOINT_MAGIC:
+            raise ValueError("not a checkpoint (bad magic or too short)")
+        body, digest = blob[:-_DIGEST], blob[-_DIGEST:]
+        if hashlib.blake2b(body, digest_size=_DIGEST).digest() != digest:
+            raise ValueError("checkpoint checksum mismatch (corrupt or truncated)")
+        version, header_len = struct.unpack_from("<II", body, 4)
+        if version != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint format version {version}, expected {CHECKPOINT_VERSION}")
+        try:
+            header = json.loads(body[12 : 12 + header_len])
+            shapes = [tuple(int(d) for d in s) for s in header["shapes"]]
+            n_rec, n_kv = int(header["n_recurrent"]), int(header["n_kv"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"checkpoint header unreadable: {e}") from e
+        if len(shapes) != 2 * (n_rec + n_kv):
+            raise ValueError("checkpoint header array count mismatch")
+        offset = 12 + header_len
+        arrays = []
+        for shape in shapes:
+            size = int(np.prod(shape)) * 4
+            if offset + size > len(body):
+                raise ValueError("checkpoint data shorter than its header says")
+            arrays.append(_frozen(np.frombuffer(body, "<f4", size // 4, offset).reshape(shape)))
+            offset += size
+        if offset != len(body):
+            raise ValueError("checkpoint has trailing bytes")
+        pairs = [(arrays[2 * i], arrays[2 * i + 1]) for i in range(n_rec + n_kv)]
+        return cls(
+            position=int(header["position"]),
+            fingerprint=str(header["fingerprint"]),
+            recurrent=tuple(pairs[:n_rec]),
+            kv=tuple(pairs[n_rec:]),
+        )
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    out = np.array(a, np.float32, copy=True)
+    out.flags.writeable = False
+    return out
