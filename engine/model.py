@@ -49,8 +49,8 @@ class Model:
 def load_model(path: str | Path, progress: bool = False, backend: Backend | None = None) -> Model:
     """Load a qwen35 / qwen35moe GGUF file. Raises engine.config.ModelFormatError naming any problem."""
     f = GGUFFile(path)
+    config = ModelConfig.from_metadata(metadata_getter(f), len(f.get("tokenizer.ggml.tokens", [])))
     vocab = f.vocab()
-    config = ModelConfig.from_metadata(metadata_getter(f), len(vocab.tokens))
     be = backend or NumpyBackend()
     bar = None
     if progress:

@@ -125,4 +125,4 @@ def test_last_only_and_chunked_prefill_agree(pair):
     last = model.forward(ids, model.new_state(), last_only=True)
     assert last.shape == (1, model.config.n_vocab)
     assert np.abs(last[0] - ref[-1]).max() <= TOLERANCE
-    np.testing.assert_allclose(prefill(model, ids, model.new_state(), chunk=37), last[0], atol=1e-5)
+    np.testing.assert_allclose(prefill(model, ids, model.new_state(), chunk=37), last[0], atol=5e-5)

