@@ -23,6 +23,7 @@ from engine.vocab import Vocab
 from kernels import quant
 
 GGUF_MAGIC = b"GGUF"
+_U64 = struct.Struct("<Q")
 _SCALARS = {
     gguf.GGUFValueType.UINT8: "<B", gguf.GGUFValueType.INT8: "<b", gguf.GGUFValueType.UINT16: "<H",
     gguf.GGUFValueType.INT16: "<h", gguf.GGUFValueType.UINT32: "<I", gguf.GGUFValueType.INT32: "<i",
@@ -68,13 +69,27 @@ class _Cursor:
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
+    def _strings(self, count: int) -> list[str]:
+        """Hot path: vocabularies hold ~500k strings (tokens + merges)."""
+        buf, pos, end, length = self.buf, self.pos, len(self.buf), _U64.unpack_from
+        out = []
+        for _ in range(count):
+            n = length(buf, pos)[0]
+            pos += 8
+            if pos + n > end:
+                raise struct.error("string past end of file")
+            out.append(buf[pos : pos + n].decode("utf-8", errors="replace"))
+            pos += n
+        self.pos = pos
+        return out
+
     def value(self, vtype: int, sub: int | None = None) -> Any:
         if vtype == gguf.GGUFValueType.STRING:
             return self.string()
         if vtype == gguf.GGUFValueType.ARRAY:
             sub, count = sub if sub is not None else self.unpack("<I"), self.unpack("<Q")
             if sub == gguf.GGUFValueType.STRING:
-                return [self.string() for _ in range(count)]
+                return self._strings(count)
             if sub in _SCALARS:
                 dtype = np.dtype(_SCALARS[sub])
                 arr = np.frombuffer(self.buf, dtype, count, self.pos)

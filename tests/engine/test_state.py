@@ -29,14 +29,18 @@ def test_token_by_token_equals_one_prefill(model):
 
 
 def test_snapshot_serialize_restore_continue(model):
-    reference = model.forward(IDS, model.new_state())
+    uninterrupted = model.new_state()
+    model.forward(IDS[:97], uninterrupted)
+    reference = model.forward(IDS[97:], uninterrupted)
     state = model.new_state()
     model.forward(IDS[:97], state)
     blob = state.snapshot().to_bytes()
     restored = model.restore(Checkpoint.from_bytes(blob))
     assert restored.position == 97
     rest = model.forward(IDS[97:], restored)
-    assert np.abs(rest - reference[97:]).max() <= 1e-5
+    assert np.abs(rest - reference).max() <= 1e-5
+    # and against one pass over everything (other chunk boundaries: float32 rounding only)
+    assert np.abs(rest - model.forward(IDS, model.new_state())[97:]).max() <= 1e-3
 
 
 def test_checkpoint_is_immutable_and_reusable(model):

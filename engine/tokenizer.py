@@ -1,0 +1,151 @@
+"""Byte-level BPE tokenizer for Qwen3.5 vocabularies, on tiktoken.
+
+Ids equal the real Qwen3.5 tokenizer's: tiktoken's rank-ordered BPE over the token ids is what
+Qwen's own tokenizer runs, added tokens are matched in the text first (as Hugging Face does), and
+the text between them is NFC-normalised (HF's normalizer; llama.cpp skips it).
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import re
+import unicodedata
+from collections.abc import Sequence
+
+import gguf
+import tiktoken
+
+from engine.vocab import Vocab, gpt2_byte_to_unicode
+
+# Pre-tokenizer regexes by tokenizer.ggml.pre. Qwen3.5 added \p{M} (combining marks) to the letter classes.
+PRE_TOKENIZER_PATTERNS = {
+    "qwen35": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    "qwen2": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+}
+# Texts of added tokens that end generation, besides eos (llama.cpp's end-of-generation rule).
+EOG_TEXTS = frozenset({"<|im_end|>", "<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"})
+
+_NORMAL, _UNUSED = int(gguf.TokenType.NORMAL), int(gguf.TokenType.UNUSED)
+_ADDED_TYPES = (int(gguf.TokenType.CONTROL), int(gguf.TokenType.USER_DEFINED))
+_GPT2_BYTES = str.maketrans({c: chr(b) for b, c in gpt2_byte_to_unicode().items()})
+_GPT2_ALPHABET = re.compile("[" + re.escape("".join(gpt2_byte_to_unicode().values())) + "]*")
+
+
+class TokenizerError(ValueError):
+    """A vocabulary the tokenizer cannot use, or ids that are not in it."""
+
+
+class Tokenizer:
+    """Text <-> token ids for a GGUF byte-level BPE vocabulary."""
+
+    def __init__(self, vocab: Vocab):
+        if vocab.pre not in PRE_TOKENIZER_PATTERNS:
+            raise TokenizerError(
+                f"unsupported pre-tokenizer {vocab.pre!r} (supported: {', '.join(PRE_TOKENIZER_PATTERNS)})"
+            )
+        if len(vocab.token_types) != len(vocab.tokens):
+            raise TokenizerError(f"{len(vocab.token_types)} token types for {len(vocab.tokens)} tokens")
+        self.vocab_size = len(vocab.tokens)
+        self._token_bytes = _token_bytes(vocab)
+        added = {
+            text: i for i, (text, kind) in enumerate(zip(vocab.tokens, vocab.token_types)) if kind in _ADDED_TYPES
+        }
+        if "" in added:
+            raise TokenizerError(f"added token {added['']} has no text")
+        mergeable = {self._token_bytes[i]: i for i, kind in enumerate(vocab.token_types) if kind == _NORMAL}
+        if len(mergeable) != vocab.token_types.count(_NORMAL):
+            raise TokenizerError("two BPE tokens of the vocabulary spell the same bytes")
+        missing = [b for b in range(256) if bytes([b]) not in mergeable]
+        if missing:
+            raise TokenizerError(
+                f"vocabulary lacks single-byte tokens for {len(missing)} byte values, e.g. {missing[0]:#04x}"
+            )
+        self.encoding = tiktoken.Encoding(
+            name=f"gguf-{vocab.pre}",
+            pat_str=PRE_TOKENIZER_PATTERNS[vocab.pre],
+            mergeable_ranks=mergeable,
+            special_tokens=added,
+        )
+        self._added = added
+        # Longest first, so that of two added tokens starting at the same place the longer wins.
+        longest_first = sorted(added, key=len, reverse=True)
+        self._added_pattern = re.compile("|".join(map(re.escape, longest_first))) if added else None
+        if not 0 <= vocab.eos_id < self.vocab_size:
+            raise TokenizerError(f"eos id {vocab.eos_id} is outside the vocabulary of {self.vocab_size}")
+        self.eos_id = vocab.eos_id
+        self.eog_ids = frozenset({vocab.eos_id, *(i for text, i in added.items() if text in EOG_TEXTS)})
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; added tokens written in the text (e.g. "<|im_start|>") become their ids."""
+        ids: list[int] = []
+        start = 0
+        for match in self._added_pattern.finditer(text) if self._added_pattern else ():
+            ids += self._encode_plain(text[start : match.start()])
+            ids.append(self._added[match.group()])
+            start = match.end()
+        ids += self._encode_plain(text[start:])
+        return ids
+
+    def _encode_plain(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(unicodedata.normalize("NFC", text)) if text else []
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for (added tokens: their UTF-8 text; unused fillers: nothing)."""
+        self._check_id(token_id)
+        return self._token_bytes[token_id]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self)
+
+    def _check_id(self, token_id: int) -> None:
+        if not 0 <= token_id < self.vocab_size:
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary of {self.vocab_size}")
+
+
+class StreamDecoder:
+    """Incremental detokenizer: text is released only once its characters are complete, so a
+    character split across tokens (emoji, CJK) is never emitted half-way."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        """The text completed by this token (possibly "")."""
+        return self._utf8.decode(self._tokenizer.token_bytes(token_id))
+
+    def flush(self) -> str:
+        """Whatever is still held back: an incomplete trailing character becomes U+FFFD."""
+        text = self._utf8.decode(b"", final=True)
+        self._utf8.reset()
+        return text
+
+
+def _token_bytes(vocab: Vocab) -> list[bytes]:
+    """Bytes per id: GPT-2 spelling undone for BPE tokens, UTF-8 text for added tokens, b"" for fillers."""
+    table: list[bytes] = []
+    normal: list[int] = []
+    for i, (text, kind) in enumerate(zip(vocab.tokens, vocab.token_types)):
+        if kind == _NORMAL:
+            normal.append(i)
+            table.append(b"")
+        elif kind in _ADDED_TYPES:
+            table.append(text.encode("utf-8"))
+        elif kind == _UNUSED:
+            table.append(b"")
+        else:
+            raise TokenizerError(f"token {i} {text!r} has unsupported type {kind}")
+    spelled = [vocab.tokens[i] for i in normal]
+    joined = "".join(spelled)
+    if not _GPT2_ALPHABET.fullmatch(joined):
+        i = next(i for i in normal if not _GPT2_ALPHABET.fullmatch(vocab.tokens[i]))
+        raise TokenizerError(f"token {i} {vocab.tokens[i]!r} is not in byte-level BPE (GPT-2) spelling")
+    raw = joined.translate(_GPT2_BYTES).encode("latin-1")  # one byte per character
+    for i, text, end in zip(normal, spelled, itertools.accumulate(map(len, spelled))):
+        table[i] = raw[end - len(text) : end]
+    return table
