@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from agentd import serve_cli
 
     serve_cli.add_parser(sub)
+    sub.choices["serve"].set_defaults(run=serve_cli.run)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
