@@ -58,11 +58,14 @@ class State:
         return rec + kv
 
     def snapshot(self) -> "Checkpoint":
+        """Recurrent states are copied; KV rows below `position` are shared as read-only views,
+        which is safe because a State only ever writes rows at or after its position (so a
+        snapshot costs O(recurrent state), not O(prompt length))."""
         return Checkpoint(
             position=self.position,
             fingerprint=self.fingerprint,
             recurrent=tuple((_frozen(c), _frozen(s)) for c, s in zip(self.conv, self.ssm)),
-            kv=tuple((_frozen(k[: self.position]), _frozen(v[: self.position])) for k, v in zip(self._k, self._v)),
+            kv=tuple((_readonly(k[: self.position]), _readonly(v[: self.position])) for k, v in zip(self._k, self._v)),
         )
 
     @classmethod
@@ -156,6 +159,12 @@ class Checkpoint:
             recurrent=tuple(pairs[:n_rec]),
             kv=tuple(pairs[n_rec:]),
         )
+
+
+def _readonly(view: np.ndarray) -> np.ndarray:
+    view = view.view()
+    view.flags.writeable = False
+    return view
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

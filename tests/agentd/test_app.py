@@ -213,3 +213,13 @@ def test_mid_stream_failure_is_an_error_event(serve_fake):
     assert "boom" in error["message"] and error["type"] == "server_error"
     status, _, body = server.request("POST", "/v1/chat/completions", {"messages": USER})
     assert_error(status, body, 500, "server_error")
+
+
+def test_keepalive_comments_during_long_prompt_processing(serve_fake):
+    model = FakeModel(chat_reply("x\n</think>\n\nhi"), step_seconds=0.02)
+    server = serve_fake(model, prefill_chunk=4, keepalive_seconds=0.05)
+    long_prompt = [{"role": "user", "content": "p" * 200}]
+    with raw_request(server, {"messages": long_prompt, "stream": True, "max_tokens": 1}) as sock:
+        data = read_until(sock, b"data: [DONE]")
+    before_first_token = data.split(b'"reasoning_content"')[0]
+    assert b": keep-alive\n\n" in before_first_token  # sent while the prompt was processed, before any token

@@ -231,7 +231,8 @@ def test_context_overflow_is_checked_before_compute(serve_fake):
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"messages": []}, "messages"),
         ({"messages": USER, "n": 2}, "n"),
-        ({"messages": USER, "temperature": -1}, None),
+        ({"messages": USER, "temperature": -1}, "temperature"),
+        ({"messages": USER, "top_p": 0}, "top_p"),
         ({"messages": USER, "max_tokens": 0}, "max_tokens"),
         ({"messages": USER, "tool_choice": "required"}, "tool_choice"),
         ({"messages": USER, "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
@@ -255,3 +256,14 @@ def test_unknown_fields_are_ignored(serve_fake):
     body = {"messages": USER, "store": True, "metadata": {"a": 1}, "user": "u", "cache_prompt": True, "x_new": [1]}
     status, _, reply = server.request("POST", "/v1/chat/completions", body)
     assert status == 200 and reply["choices"][0]["message"]["content"] == "fine"
+
+
+def test_tools_are_rendered_as_sent_and_bad_tools_rejected(serve_fake):
+    seen = []
+    server = serve_fake(FakeModel(chat_reply(lambda prompt: seen.append(prompt) or "x\n</think>\n\nok")))
+    server.openai().chat.completions.create(model="m", messages=USER, tools=[WEATHER], max_tokens=5)
+    assert json.dumps(WEATHER, ensure_ascii=False) in seen[-1]  # verbatim, no null-filled defaults
+    status, _, body = server.request(
+        "POST", "/v1/chat/completions", {"messages": USER, "tools": [{"type": "function", "function": {"description": "no name"}}]}
+    )
+    assert status == 400 and body["error"]["param"] == "tools[0]"
