@@ -96,7 +96,7 @@ def serve_fake() -> Iterator[Callable[..., LiveServer]]:
 @pytest.fixture(scope="session")
 def tiny_server(tiny_model) -> Iterator[LiveServer]:
     """The real tiny model (random weights, real Qwen3.5 vocabulary and template) behind the daemon."""
-    server = LiveServer(ServeConfig(port=0, n_ctx=2048), lambda: prepare(tiny_model, name="agentd-tiny", n_ctx=2048))
+    server = LiveServer(ServeConfig(port=0), lambda: prepare(tiny_model, name="agentd-tiny", n_ctx=2048))
     server.wait_ready()
     yield server
     server.close()

@@ -103,8 +103,8 @@ async def test_requests_beyond_max_active_wait_in_order(started):
     runner = await started(model, max_active=1)
     first = runner.submit(request(model, "1", max_tokens=5))
     second = runner.submit(request(model, "2", max_tokens=5))
-    await drain(first)
-    assert second.stats.started_at is not None and second.stats.started_at >= first.stats.finished_at
+    await asyncio.gather(drain(first), drain(second))
+    assert second.stats.started_at >= first.stats.finished_at
 
 
 async def test_queue_full_and_not_ready():

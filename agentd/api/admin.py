@@ -1,0 +1,121 @@
+"""Operational endpoints: /health, /metrics, /v1/models, /tokenize, /detokenize, /apply-template."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+from aiohttp import web
+from msgspec import Struct
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from agentd.api.common import RUNNER, decode_body, loaded_model
+from agentd.api.openai_wire import ChatCompletionRequest, chat_input, decode_chat, encode
+from agentd.errors import ApiError, invalid_request
+from agentd.plan import PlanError, render_chat
+
+_STARTED = int(time.time())
+
+
+class TokenizeRequest(Struct, kw_only=True):
+    content: str
+    with_pieces: bool = False
+
+
+class TokenPiece(Struct):
+    id: int
+    piece: str
+
+
+class DetokenizeRequest(Struct, kw_only=True):
+    tokens: list[int]
+
+
+class ModelMeta(Struct):
+    n_ctx: int
+    n_ctx_train: int
+    n_vocab: int
+
+
+class ModelCard(Struct, kw_only=True):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "agentd"
+    context_length: int
+    meta: ModelMeta
+
+
+class ModelList(Struct, kw_only=True):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+decode_tokenize = msgspec.json.Decoder(TokenizeRequest).decode
+decode_detokenize = msgspec.json.Decoder(DetokenizeRequest).decode
+
+
+def _json(value: object) -> web.Response:
+    return web.Response(body=encode(value), content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    """503 while the model loads (clients poll this), 200 once requests can be served."""
+    runner = request.app[RUNNER]
+    if runner.loaded is None:
+        return ApiError(503, runner.load_error or "Loading model", code="model_loading").response()
+    return _json({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[RUNNER].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _card(request: web.Request, model_id: str) -> ModelCard:
+    loaded = loaded_model(request)
+    config = loaded.model.config
+    meta = ModelMeta(n_ctx=loaded.n_ctx, n_ctx_train=config.context_length, n_vocab=config.n_vocab)
+    return ModelCard(id=model_id, created=_STARTED, context_length=loaded.n_ctx, meta=meta)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return _json(ModelList(data=[_card(request, loaded_model(request).name)]))
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """Any name is served by the one loaded model, so any name is found (echoed back)."""
+    return _json(_card(request, request.match_info["model"]))
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    req = await decode_body(request, decode_tokenize)
+    tokenizer = loaded_model(request).model.tokenizer
+    ids = await asyncio.to_thread(tokenizer.encode, req.content)
+    if req.with_pieces:
+        return _json({"tokens": [TokenPiece(i, tokenizer.decode([i])) for i in ids]})
+    return _json({"tokens": ids})
+
+
+async def detokenize(request: web.Request) -> web.Response:
+    req = await decode_body(request, decode_detokenize)
+    loaded = loaded_model(request)
+    n_vocab = loaded.model.config.n_vocab
+    bad = [t for t in req.tokens if not 0 <= t < n_vocab]
+    if bad:
+        raise invalid_request(f"token id {bad[0]} is outside the vocabulary [0, {n_vocab})", param="tokens")
+    return _json({"content": loaded.model.tokenizer.decode(req.tokens)})
+
+
+async def apply_template(request: web.Request) -> web.Response:
+    """The prompt a chat request would be rendered to: compare two turns to see where reuse ends."""
+    req: ChatCompletionRequest = await decode_body(request, decode_chat)
+    loaded = loaded_model(request)
+    try:
+        prompt = await asyncio.to_thread(render_chat, loaded, chat_input(req))
+    except PlanError as exc:
+        raise invalid_request(str(exc), param=exc.param) from exc
+    return _json({"prompt": prompt})
+
+

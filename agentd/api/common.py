@@ -1,0 +1,102 @@
+"""What every handler shares: typed app state, body decoding, runner errors, the request log line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from typing import AsyncIterator, Callable, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from agentd.config import ServeConfig
+from agentd.errors import ApiError, invalid_request
+from agentd.loader import LoadedModel
+from agentd.output import Done
+from agentd.plan import Plan, PlanError
+from agentd.runner import Failed, Job, NotReady, QueueFull, Runner
+
+CONFIG = web.AppKey("config", ServeConfig)
+RUNNER = web.AppKey("runner", Runner)
+
+request_log = logging.getLogger("agentd.request")
+
+T = TypeVar("T")
+_PATH = re.compile(r"at `\$\.?(.*)`$")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+async def decode_body(request: web.Request, decode: Callable[[bytes], T]) -> T:
+    """Decode the JSON body with a module-level msgspec decoder; a bad body is a 400 naming the field."""
+    body = await request.read()
+    try:
+        return decode(body)
+    except msgspec.ValidationError as exc:
+        match = _PATH.search(str(exc))
+        raise invalid_request(str(exc), param=match.group(1) if match else None) from exc
+    except msgspec.DecodeError as exc:
+        raise invalid_request(f"the request body is not valid JSON: {exc}") from exc
+
+
+def loaded_model(request: web.Request) -> LoadedModel:
+    try:
+        return request.app[RUNNER].require_ready()
+    except NotReady as exc:
+        raise ApiError(503, str(exc), headers={"Retry-After": "5"}) from exc
+
+
+async def make_plan(build: Callable[[], Plan]) -> Plan:
+    """Run a plan builder off the event loop, mapping its input errors to 400."""
+    try:
+        return await asyncio.to_thread(build)
+    except PlanError as exc:
+        raise invalid_request(str(exc), param=exc.param) from exc
+
+
+@contextlib.asynccontextmanager
+async def admitted(request: web.Request, plan: Plan) -> AsyncIterator[Job]:
+    """The plan's job in the runner, cancelled when the handler leaves (client gone included)."""
+    runner = request.app[RUNNER]
+    try:
+        job = runner.submit(plan.request)
+    except QueueFull as exc:
+        raise ApiError(503, f"Server busy: {exc}; retry later", headers={"Retry-After": "1"}) from exc
+    except NotReady as exc:
+        raise ApiError(503, str(exc), headers={"Retry-After": "5"}) from exc
+    try:
+        yield job
+    finally:
+        runner.cancel(job)
+
+
+def log_request(endpoint: str, request_id: str, job: Job, outcome: Done | Failed | str) -> None:
+    """One line per request: what came in, what went out, how fast."""
+    stats = job.stats
+    ttft = stats.time_to_first_token
+    if isinstance(outcome, Done):
+        finish, generated = outcome.finish_reason, outcome.num_generated_tokens
+    else:
+        finish = "error" if isinstance(outcome, Failed) else outcome
+        generated = stats.num_generated_tokens
+    tps = None
+    if stats.first_token_at is not None and generated > 1:
+        tps = (generated - 1) / max(time.monotonic() - stats.first_token_at, 1e-9)
+    request_log.info(
+        "request id=%s endpoint=%s prompt_tokens=%d cached_tokens=%d generated_tokens=%d "
+        "ttft_ms=%s tokens_per_s=%s finish=%s",
+        request_id,
+        endpoint,
+        stats.num_tokens,
+        stats.num_cached_tokens,
+        generated,
+        "-" if ttft is None else f"{ttft * 1000:.0f}",
+        "-" if tps is None else f"{tps:.1f}",
+        finish,
+    )

@@ -1,0 +1,106 @@
+"""The aiohttp application: route table, middlewares, and the runner's lifetime."""
+
+from __future__ import annotations
+
+import hmac
+import socket
+from typing import AsyncIterator, Callable
+
+from aiohttp import web
+
+from agentd.api import admin, openai
+from agentd.api.common import CONFIG, RUNNER
+from agentd.config import ServeConfig
+from agentd.errors import ApiError, Handler, error_middleware
+from agentd.loader import LoadedModel
+from agentd.runner import Runner
+
+OPEN_PATHS = frozenset({"/health", "/v1/health"})  # probed by clients before they are configured
+
+ROUTES = [
+    web.get("/health", admin.health),
+    web.get("/v1/health", admin.health),
+    web.get("/metrics", admin.metrics),
+    web.get("/v1/models", admin.list_models),
+    web.get("/models", admin.list_models),
+    web.get("/v1/models/{model:.+}", admin.get_model),
+    web.post("/v1/chat/completions", openai.chat_completions),
+    web.post("/chat/completions", openai.chat_completions),
+    web.post("/v1/completions", openai.completions),
+    web.post("/completions", openai.completions),
+    web.post("/tokenize", admin.tokenize),
+    web.post("/detokenize", admin.detokenize),
+    web.post("/apply-template", admin.apply_template),
+]
+
+
+def make_app(config: ServeConfig, runner: Runner) -> web.Application:
+    """Serve with `handler_cancellation=True` so a client disconnect cancels its request."""
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[_count_requests, error_middleware, _authenticate],
+    )
+    app[CONFIG] = config
+    app[RUNNER] = runner
+    app.add_routes(ROUTES)
+    app.cleanup_ctx.append(_run_runner)
+    app.on_shutdown.append(_end_requests)
+    return app
+
+
+async def _run_runner(app: web.Application) -> AsyncIterator[None]:
+    runner = app[RUNNER]
+    await runner.start()
+    yield
+    await runner.stop()
+
+
+async def _end_requests(app: web.Application) -> None:
+    """Before aiohttp waits for open handlers on shutdown: end their generations now."""
+    app[RUNNER].fail_all("server shutting down")
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    key = request.app[CONFIG].api_key
+    if key is None or request.path in OPEN_PATHS:
+        return await handler(request)
+    auth = request.headers.get("Authorization", "")
+    given = auth[7:] if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    if not given:
+        raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+    if not hmac.compare_digest(given.strip().encode(), key.encode()):
+        raise ApiError(401, "Incorrect API key provided", code="invalid_api_key")
+    return await handler(request)
+
+
+@web.middleware
+async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    endpoint = resource.canonical if resource is not None else "unmatched"
+    request.app[RUNNER].metrics.requests.labels(endpoint, str(response.status)).inc()
+    return response
+
+
+def make_runner(config: ServeConfig, load: Callable[[], LoadedModel]) -> Runner:
+    return Runner(
+        load, max_queue=config.max_queue, max_active=config.max_active, prefill_chunk=config.prefill_chunk
+    )
+
+
+async def start_server(config: ServeConfig, runner: Runner) -> web.AppRunner:
+    """Listen on config.host:config.port (0: any free port; see `.addresses`), then start loading
+    the model in the background (/health answers 503 until it is done). The port is bound first,
+    so a taken port fails at once instead of after loading."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.create_server((config.host, config.port), family=family)
+    app_runner = web.AppRunner(make_app(config, runner), handler_cancellation=True, access_log=None)
+    try:
+        await app_runner.setup()
+        await web.SockSite(app_runner, sock).start()
+    except BaseException:
+        sock.close()
+        await app_runner.cleanup()
+        raise
+    return app_runner

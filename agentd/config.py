@@ -1,0 +1,30 @@
+"""All knobs of `agentd serve` in one frozen struct, so every module reads the same settings."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    model_path: str | None = None  # None: the embedded default model
+    model_name: str | None = None  # id in /v1/models; None: the model file's stem
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None  # None: no authentication
+    n_ctx: int | None = None  # None: the model's trained context length
+    max_queue: int = 32  # requests admitted at once (running + waiting); more get 503
+    max_active: int = 4  # requests interleaved step by step; the rest wait in FIFO order
+    prefill_chunk: int = 256  # prompt tokens per forward call: the cancellation granularity
+    default_max_tokens: int = 8192  # output limit when a request names none (also bounded by n_ctx)
+    max_tool_calls: int = 16  # calls per turn before generation is stopped (runaway loops)
+    max_body_bytes: int = 32 * 1024 * 1024
+    keepalive_seconds: float = 10.0  # SSE comment interval while a streamed request waits
+
+    def __post_init__(self) -> None:
+        for name in ("max_queue", "max_active", "prefill_chunk", "default_max_tokens", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_ctx is not None and self.n_ctx < 2:
+            raise ValueError(f"n_ctx must be at least 2, got {self.n_ctx}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")

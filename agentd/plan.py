@@ -1,0 +1,204 @@
+"""Turn an API-neutral request into what the runner and the output pipeline need.
+
+Both wire APIs (OpenAI, Anthropic) convert their bodies to `ChatInput` and call `plan_chat`:
+render the prompt, tokenize, check the context before any compute, pick the output limit, build
+the grammar constraint (forced tool calls, JSON output, or a lazy tool-call grammar) and the
+tool-call parser. Slow parts (rendering, tokenizing, grammar compilation): run it in a thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agentd.config import ServeConfig
+from agentd.loader import LoadedModel
+from agentd.output import TextPipeline
+from agentd.runner import GenerationRequest
+from engine.sampling import Sampler, SamplingParams
+from tools.grammar import json_schema_grammar, tool_call_grammar
+from tools.hermes import HermesParser
+from tools.qwen_xml import QwenXmlParser
+
+ToolMode = Literal["none", "auto", "required", "named"]
+_PARSERS = {"qwen_xml": QwenXmlParser, "hermes": HermesParser}
+_RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
+
+
+class PlanError(ValueError):
+    """The request cannot be served as asked; `param` names the offending field."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class ContextOverflow(Exception):
+    """The prompt leaves no room for output; each API words this its own way."""
+
+    def __init__(self, num_tokens: int, n_ctx: int):
+        super().__init__(f"{num_tokens} prompt tokens, context {n_ctx}")
+        self.num_tokens = num_tokens
+        self.n_ctx = n_ctx
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: ToolMode = "none"
+    name: str | None = None  # with mode "named"
+    parallel: bool = True
+
+
+@dataclass(frozen=True)
+class ChatInput:
+    messages: list[dict[str, Any]]  # chat-template messages (roles system/user/assistant/tool)
+    tools: list[dict[str, Any]] | None = None  # OpenAI function tools
+    tool_choice: ToolChoice = ToolChoice()
+    json_output: bool = False  # constrain the content to JSON ...
+    json_schema: dict[str, Any] | None = None  # ... matching this schema, when given
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)  # SamplingParams fields the client set
+    max_tokens: int | None = None
+    stops: list[str] = field(default_factory=list)
+    num_top_logprobs: int | None = None
+
+
+@dataclass
+class Plan:
+    prompt: str
+    request: GenerationRequest
+    pipeline: TextPipeline
+
+
+def render_chat(loaded: LoadedModel, chat: ChatInput) -> str:
+    """The prompt exactly as the model will see it (also served by /apply-template)."""
+    kwargs = {k: v for k, v in chat.template_kwargs.items() if k not in _RESERVED_TEMPLATE_KWARGS}
+    if chat.tool_choice.mode in ("required", "named") or chat.json_output:
+        kwargs["enable_thinking"] = False  # the grammar must apply to the first generated token
+    try:
+        return loaded.model.chat_template.render(
+            chat.messages, tools=chat.tools or None, add_generation_prompt=True, **kwargs
+        )
+    except (ValueError, TypeError) as exc:  # TemplateError: the template refused this conversation
+        raise PlanError(f"could not apply the chat template: {exc}", "messages") from exc
+
+
+def plan_chat(loaded: LoadedModel, config: ServeConfig, request_id: str, chat: ChatInput) -> Plan:
+    _check_tool_choice(chat)
+    prompt = render_chat(loaded, chat)
+    prompt_ids = loaded.model.tokenizer.encode(prompt)
+    room = _room(loaded, prompt_ids)
+    mode = _effective_tool_mode(chat)
+    constraint = _constraint(loaded, chat, mode)
+    parser = _PARSERS[loaded.tool_format](chat.tools) if mode != "none" else None
+    pipeline = TextPipeline(
+        loaded.model.tokenizer,
+        stops=chat.stops,
+        start_in_reasoning=prompt.rstrip().endswith("<think>"),
+        tool_parser=parser,
+        max_tool_calls=config.max_tool_calls if chat.tool_choice.parallel else 1,
+    )
+    request = _generation_request(
+        config, request_id, prompt_ids, room, chat.sampling, chat.max_tokens, chat.num_top_logprobs, constraint
+    )
+    return Plan(prompt, request, pipeline)
+
+
+@dataclass(frozen=True)
+class CompletionInput:
+    prompt: str | list[int]  # text, or token ids
+    sampling: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int | None = None
+    stops: list[str] = field(default_factory=list)
+    num_top_logprobs: int | None = None
+
+
+def plan_completion(loaded: LoadedModel, config: ServeConfig, request_id: str, inp: CompletionInput) -> Plan:
+    """Raw text completion: no template, no reasoning split, no tool parsing."""
+    tokenizer = loaded.model.tokenizer
+    n_vocab = loaded.model.config.n_vocab
+    if isinstance(inp.prompt, str):
+        prompt, prompt_ids = inp.prompt, tokenizer.encode(inp.prompt)
+    else:
+        bad = [t for t in inp.prompt if not 0 <= t < n_vocab]
+        if bad:
+            raise PlanError(f"token id {bad[0]} is outside the vocabulary [0, {n_vocab})", "prompt")
+        prompt, prompt_ids = tokenizer.decode(inp.prompt), list(inp.prompt)
+    if not prompt_ids:
+        raise PlanError("the prompt is empty", "prompt")
+    room = _room(loaded, prompt_ids)
+    request = _generation_request(
+        config, request_id, prompt_ids, room, inp.sampling, inp.max_tokens, inp.num_top_logprobs, None
+    )
+    return Plan(prompt, request, TextPipeline(tokenizer, stops=inp.stops))
+
+
+def _check_tool_choice(chat: ChatInput) -> None:
+    choice = chat.tool_choice
+    if choice.mode in ("required", "named") and not chat.tools:
+        raise PlanError(f"tool_choice {choice.mode!r} needs a non-empty tools list", "tool_choice")
+    if choice.mode == "named":
+        names = {t["function"]["name"] for t in chat.tools or ()}
+        if choice.name not in names:
+            raise PlanError(f"tool_choice names {choice.name!r}, which is not in tools", "tool_choice")
+
+
+def _effective_tool_mode(chat: ChatInput) -> ToolMode:
+    """Forced calls win over response_format, which wins over optional calls."""
+    mode = chat.tool_choice.mode if chat.tools else "none"
+    return "none" if mode == "auto" and chat.json_output else mode
+
+
+def _constraint(loaded: LoadedModel, chat: ChatInput, mode: ToolMode) -> Any:
+    """The grammar matcher enforcing forced calls, JSON output or the tool-call format (or None)."""
+    choice = chat.tool_choice
+    param = "tools" if mode != "none" else "response_format"
+    try:
+        if mode in ("required", "named"):
+            grammar = tool_call_grammar(
+                chat.tools, mode, name=choice.name, parallel=choice.parallel, fmt=loaded.tool_format
+            )
+        elif chat.json_output:
+            grammar = json_schema_grammar(chat.json_schema)
+        elif mode == "auto":
+            grammar = tool_call_grammar(chat.tools, "auto", parallel=choice.parallel, fmt=loaded.tool_format)
+        else:
+            return None
+        return loaded.grammars.matcher(grammar)
+    except ValueError as exc:
+        raise PlanError(f"cannot build the output grammar: {exc}", param) from exc
+
+
+def _room(loaded: LoadedModel, prompt_ids: list[int]) -> int:
+    """Tokens left for output; checked before any compute."""
+    room = loaded.n_ctx - len(prompt_ids)
+    if room < 1:
+        raise ContextOverflow(len(prompt_ids), loaded.n_ctx)
+    return room
+
+
+def _generation_request(
+    config: ServeConfig,
+    request_id: str,
+    prompt_ids: list[int],
+    room: int,
+    sampling: dict[str, Any],
+    max_tokens: int | None,
+    num_top_logprobs: int | None,
+    constraint: Any,
+) -> GenerationRequest:
+    if max_tokens is not None and max_tokens < 1:
+        raise PlanError(f"max_tokens must be at least 1, got {max_tokens}", "max_tokens")
+    try:
+        sampler = Sampler(SamplingParams(**sampling))
+    except (TypeError, ValueError) as exc:  # validate() names the field first
+        param = next((name for name in sampling if str(exc).startswith(name)), None)
+        raise PlanError(f"invalid sampling parameters: {exc}", param) from exc
+    return GenerationRequest(
+        request_id=request_id,
+        prompt_ids=prompt_ids,
+        max_tokens=min(max_tokens or config.default_max_tokens, room),
+        sampler=sampler,
+        constraint=constraint,
+        num_top_logprobs=num_top_logprobs,
+    )

@@ -1,0 +1,362 @@
+"""The one owner of the model: admits requests, interleaves them step by step, streams tokens back.
+
+Handlers never touch the model. They `submit` a `GenerationRequest`, read the `Job`'s events
+(`Token`... then `Finished` or `Failed`) and `cancel` it when they leave early. The runner's
+task picks jobs round-robin and runs one step per pick in its single worker thread: a prefill
+chunk of at most `prefill_chunk` tokens, or one decode step. So every admitted request makes
+progress, the event loop stays free while numpy works, and a cancelled job stops within one step.
+
+Per-request counting follows one vocabulary: `num_tokens` (prompt), `num_cached_tokens` (restored
+from a cache, a head start), `num_computed_tokens` (consumed by the model so far).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from agentd.loader import LoadedModel
+from agentd.metrics import Metrics
+from engine.sampling import TokenLogprob
+
+log = logging.getLogger("agentd")
+
+
+class QueueFull(Exception):
+    """More requests than `max_queue` are admitted; the caller should retry later."""
+
+
+class NotReady(Exception):
+    """The model is still loading, or failed to load."""
+
+
+@dataclass(kw_only=True)
+class GenerationRequest:
+    request_id: str
+    prompt_ids: list[int]
+    max_tokens: int  # >= 1, already bounded by the context
+    sampler: Any  # engine.sampling.Sampler: sample(logits, history, mask), logprobs(logits, id, n)
+    constraint: Any = None  # engine.constraint.Constraint: mask(), advance(id), is_done()
+    num_top_logprobs: int | None = None  # None: no logprobs; 0: only the chosen token's
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    token_id: int
+    logprobs: TokenLogprob | None = None  # when the request asked for them
+
+
+@dataclass(slots=True)
+class JobStats:
+    num_tokens: int
+    num_cached_tokens: int = 0
+    num_generated_tokens: int = 0
+    submitted_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # first step
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.submitted_at
+
+    @property
+    def prompt_tokens_per_second(self) -> float | None:
+        if self.first_token_at is None or self.started_at is None:
+            return None
+        computed = self.num_tokens - self.num_cached_tokens
+        return computed / max(self.first_token_at - self.started_at, 1e-9)
+
+    @property
+    def generation_tokens_per_second(self) -> float | None:
+        if self.first_token_at is None or self.finished_at is None or self.num_generated_tokens < 2:
+            return None
+        return (self.num_generated_tokens - 1) / max(self.finished_at - self.first_token_at, 1e-9)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    reason: Literal["stop", "length"]  # stop: end-of-generation token or the grammar completed
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    message: str
+
+
+Event = Token | Finished | Failed
+
+
+class Job:
+    """One admitted request: its model state, progress, and the queue its events arrive on."""
+
+    def __init__(self, request: GenerationRequest):
+        self.request = request
+        self.stats = JobStats(num_tokens=len(request.prompt_ids))
+        self.cancelled = False
+        self.done = False
+        self.state: Any = None  # engine State, created on the first step
+        self.num_computed_tokens = 0
+        self.generated: list[int] = []
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def next_event(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None when `timeout` seconds pass first (time for a keep-alive)."""
+        try:
+            return await asyncio.wait_for(self._events.get(), timeout)
+        except TimeoutError:
+            return None
+
+
+class Runner:
+    def __init__(
+        self,
+        load: Callable[[], LoadedModel],
+        *,
+        max_queue: int,
+        max_active: int,
+        prefill_chunk: int,
+        metrics: Metrics | None = None,
+    ):
+        self._load = load
+        self.max_queue = max_queue
+        self.max_active = max_active
+        self.prefill_chunk = prefill_chunk
+        self.metrics = metrics or Metrics()
+        self.loaded: LoadedModel | None = None
+        self.load_error: str | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentd-model")
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._active: collections.deque[Job] = collections.deque()
+        self._jobs: set[Job] = set()
+        self._wakeup = asyncio.Event()
+        self._settled = asyncio.Event()  # loading ended, either way
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin loading the model in the background; requests get `NotReady` until it is in."""
+        self._task = asyncio.create_task(self._main(), name="agentd-runner")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.fail_all("server shutting down")
+        self._executor.shutdown(wait=True)
+
+    def fail_all(self, message: str) -> None:
+        """End every admitted job with `Failed(message)`, so their handlers can answer and return."""
+        for job in list(self._jobs):
+            self._finish(job, Failed(message))
+
+    async def wait_loaded(self) -> bool:
+        """Wait for loading to end; True when the model is ready."""
+        await self._settled.wait()
+        return self.loaded is not None
+
+    def require_ready(self) -> LoadedModel:
+        if self.loaded is None:
+            raise NotReady(self.load_error or "Loading model")
+        return self.loaded
+
+    @property
+    def num_jobs(self) -> int:
+        return len(self._jobs)
+
+    async def _load_model(self) -> LoadedModel:
+        """Load in a daemon thread: a Ctrl-C during a long load ends the process at once
+        (executor threads are joined at exit, which would wait for the load to finish)."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[LoadedModel] = loop.create_future()
+
+        def settle(value: Any, failed: bool) -> None:
+            if result.done():
+                return
+            if failed:
+                result.set_exception(value)
+            else:
+                result.set_result(value)
+
+        def work() -> None:
+            try:
+                value, failed = self._load(), False
+            except Exception as exc:  # handed to the awaiting task
+                value, failed = exc, True
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, value, failed)
+
+        threading.Thread(target=work, name="agentd-load", daemon=True).start()
+        return await result
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.loaded = await self._load_model()
+        except Exception as exc:
+            self.load_error = f"model failed to load: {exc}"
+            log.error("%s", self.load_error)
+            return
+        finally:
+            self._settled.set()
+        self.metrics.model_loaded.set(1)
+        while True:
+            job = await self._next_job()
+            try:
+                events = await loop.run_in_executor(self._executor, self._step, job)
+            except Exception as exc:
+                log.exception("request %s failed in the model", job.request.request_id)
+                self._finish(job, Failed(f"generation failed: {type(exc).__name__}: {exc}"))
+                continue
+            self._deliver(job, events)
+
+    # -- admission --------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> Job:
+        self.require_ready()
+        if len(self._jobs) >= self.max_queue:
+            raise QueueFull(f"{len(self._jobs)} requests in progress (--max-queue {self.max_queue})")
+        job = Job(request)
+        self._jobs.add(job)
+        self._waiting.append(job)
+        self._update_gauges()
+        self._wakeup.set()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job (no-op once finished); its state is dropped before the next step."""
+        if job.done:
+            return
+        job.cancelled = True
+        if job in self._waiting:
+            self._waiting.remove(job)
+            self._release(job)
+        self._wakeup.set()
+
+    async def _next_job(self) -> Job:
+        while True:
+            while self._waiting and len(self._active) < self.max_active:
+                self._active.append(self._waiting.popleft())
+            self._update_gauges()
+            while self._active:
+                job = self._active.popleft()
+                if not job.cancelled:
+                    return job
+                self._release(job)
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def _deliver(self, job: Job, events: list[Event]) -> None:
+        if job.cancelled or job.done:  # cancelled, or failed by fail_all() during its step
+            self._release(job)
+            return
+        for event in events:
+            if isinstance(event, Token):
+                job._events.put_nowait(event)
+            else:
+                self._finish(job, event)
+                return
+        self._active.append(job)
+
+    def _finish(self, job: Job, event: Finished | Failed) -> None:
+        stats = job.stats
+        stats.finished_at = time.monotonic()
+        if isinstance(event, Finished):
+            self._record(stats)
+        job._events.put_nowait(event)
+        self._release(job)
+
+    def _release(self, job: Job) -> None:
+        job.done = True
+        job.state = None
+        self._jobs.discard(job)
+        with contextlib.suppress(ValueError):
+            self._active.remove(job)
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.metrics.queue_depth.set(len(self._waiting))
+        self.metrics.requests_running.set(len(self._jobs) - len(self._waiting))
+
+    def _record(self, stats: JobStats) -> None:
+        m = self.metrics
+        m.prompt_tokens.inc(stats.num_tokens)
+        m.cached_tokens.inc(stats.num_cached_tokens)
+        m.prompt_tokens_computed.inc(stats.num_tokens - stats.num_cached_tokens)
+        m.generation_tokens.inc(stats.num_generated_tokens)
+        if stats.first_token_at is not None and stats.started_at is not None:
+            m.prompt_seconds.inc(stats.first_token_at - stats.started_at)
+            m.time_to_first_token.observe(stats.time_to_first_token)
+            m.prompt_tokens_per_second.set(stats.prompt_tokens_per_second)
+            if stats.finished_at is not None:
+                m.generation_seconds.inc(stats.finished_at - stats.first_token_at)
+        if stats.generation_tokens_per_second is not None:
+            m.generation_tokens_per_second.set(stats.generation_tokens_per_second)
+
+    # -- model work (worker thread only) ----------------------------------------------------
+
+    def _begin(self, job: Job) -> None:
+        """Create the job's state. Seam for the session cache: look the prompt ids up, restore the
+        deepest checkpoint (leaving at least one prompt token to compute, for logits) and set
+        `num_computed_tokens = num_cached_tokens` to its position; `_step` then computes the suffix
+        and stores checkpoints at the boundaries `_chunk_end` stops at."""
+        job.state = self.require_ready().model.new_state()
+        job.num_computed_tokens = job.stats.num_cached_tokens = 0
+        job.stats.started_at = time.monotonic()
+
+    def _chunk_end(self, job: Job) -> int:
+        """Where this prefill chunk stops. With the session cache, also at the next checkpoint
+        boundary (message starts, near the prompt end), so the state can be stored exactly there."""
+        return min(job.num_computed_tokens + self.prefill_chunk, len(job.request.prompt_ids))
+
+    def _step(self, job: Job) -> list[Event]:
+        """One prefill chunk or one decode step; returns the events it produced."""
+        model = self.require_ready().model
+        if job.state is None:
+            self._begin(job)
+        prompt = job.request.prompt_ids
+        if job.num_computed_tokens < len(prompt):
+            chunk = prompt[job.num_computed_tokens : self._chunk_end(job)]
+            logits = model.forward(chunk, job.state, last_only=True)
+            job.num_computed_tokens += len(chunk)
+            if job.num_computed_tokens < len(prompt):
+                return []
+        else:
+            logits = model.forward(job.generated[-1:], job.state, last_only=True)
+            job.num_computed_tokens += 1
+        return self._sample(job, np.asarray(logits[-1], dtype=np.float32))
+
+    def _sample(self, job: Job, logits: np.ndarray) -> list[Event]:
+        request = job.request
+        constraint = request.constraint
+        mask = constraint.mask() if constraint is not None else None
+        token_id = int(request.sampler.sample(logits, job.generated, mask))
+        if constraint is not None:
+            constraint.advance(token_id)
+        now = time.monotonic()
+        if job.stats.first_token_at is None:
+            job.stats.first_token_at = now
+        if token_id in self.require_ready().model.tokenizer.eog_ids:
+            return [Finished("stop")]
+        job.generated.append(token_id)
+        job.stats.num_generated_tokens += 1
+        token = Token(token_id)
+        if request.num_top_logprobs is not None:
+            token = Token(token_id, request.sampler.logprobs(logits, token_id, request.num_top_logprobs))
+        events: list[Event] = [token]
+        if constraint is not None and constraint.is_done():
+            events.append(Finished("stop"))
+        elif len(job.generated) >= request.max_tokens:
+            events.append(Finished("length"))
+        return events

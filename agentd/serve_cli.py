@@ -1,0 +1,99 @@
+"""`agentd serve`: load the model once and serve the OpenAI-compatible API until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import signal
+import time
+from typing import Callable
+
+from agentd.app import make_runner, start_server
+from agentd.config import ServeConfig
+from agentd.loader import LoadedModel, load
+
+log = logging.getLogger("agentd")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serve a model over the OpenAI-compatible HTTP API")
+    defaults = ServeConfig()
+    p.add_argument("--model", metavar="PATH", help="GGUF model file (default: the embedded model)")
+    p.add_argument("--model-name", metavar="ID", help="model id reported by /v1/models (default: file name)")
+    p.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=defaults.port, help="port (default: %(default)s; 0: any free)")
+    p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on every request")
+    p.add_argument("--ctx", type=int, metavar="N", help="context size in tokens (default: the model's)")
+    p.add_argument(
+        "--max-queue", type=int, default=defaults.max_queue, metavar="N",
+        help="requests accepted at once; more get 503 (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--parallel", type=int, default=defaults.max_active, metavar="N",
+        help="requests computed interleaved; the rest wait in order (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--default-max-tokens", type=int, default=defaults.default_max_tokens, metavar="N",
+        help="output limit for requests that set none (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    return ServeConfig(
+        model_path=args.model,
+        model_name=args.model_name,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        n_ctx=args.ctx,
+        max_queue=args.max_queue,
+        max_active=args.parallel,
+        default_max_tokens=args.default_max_tokens,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit status: 0 after a signal, 1 when the model cannot be loaded or the port is taken,
+    2 for invalid settings."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        log.error("invalid settings: %s", exc)
+        return 2
+    return asyncio.run(serve(config))
+
+
+async def serve(config: ServeConfig, load_model: Callable[[], LoadedModel] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; `load_model` defaults to loading `config.model_path`."""
+    runner = make_runner(config, load_model or functools.partial(load, config))
+    try:
+        app_runner = await start_server(config, runner)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
+        return 1
+    for host, port, *_ in app_runner.addresses:
+        log.info("listening on http://%s:%d (model loading; /health answers 503 until ready)", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    loaded = asyncio.create_task(runner.wait_loaded())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({loaded, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if loaded.done() and not loaded.result():
+        status = 1  # the runner logged why
+    elif loaded.done():
+        model = runner.require_ready()
+        log.info("model %s ready in %.1f s (context %d tokens)", model.name, time.monotonic() - started, model.n_ctx)
+        await stopped
+    for task in (loaded, stopped):
+        task.cancel()
+    await app_runner.cleanup()
+    return status
