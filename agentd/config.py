@@ -19,12 +19,20 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_tool_calls: int = 16  # calls per turn before generation is stopped (runaway loops)
     max_body_bytes: int = 32 * 1024 * 1024
     keepalive_seconds: float = 10.0  # SSE comment interval while a streamed request waits
+    cache_enabled: bool = True  # prefix-aware session cache of recurrent checkpoints + KV
+    cache_ram_mb: int = 4096  # RAM tier budget
+    cache_dir: str | None = None  # SQLite tier directory; None: $AGENTD_CACHE_DIR/sessions or ~/.cache/agentd/sessions
+    cache_disk_mb: int = 16384  # SQLite tier budget (blob bytes); 0 disables the disk tier
+    checkpoint_interval: int = 2048  # extra checkpoints every N tokens inside long messages
 
     def __post_init__(self) -> None:
-        for name in ("max_queue", "max_active", "prefill_chunk", "default_max_tokens", "max_body_bytes"):
+        for name in ("max_queue", "max_active", "prefill_chunk", "default_max_tokens", "max_body_bytes",
+                     "checkpoint_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_ctx is not None and self.n_ctx < 2:
             raise ValueError(f"n_ctx must be at least 2, got {self.n_ctx}")
+        if self.cache_ram_mb < 0 or self.cache_disk_mb < 0:
+            raise ValueError("cache budgets must not be negative")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")

@@ -20,7 +20,8 @@ CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32
 def reference_distribution(logits, params: SamplingParams) -> dict[int, float]:
     """Naive version of the documented chain: full sort, plain Python loops."""
     scaled = [x / params.temperature for x in logits]
-    order = sorted((i for i in range(len(scaled)) if scaled[i] > -math.inf), key=lambda i: -scaled[i])
+    allowed = [i for i in range(len(scaled)) if scaled[i] > -math.inf]
+    order = sorted(allowed, key=lambda i: -scaled[i])
     if params.top_k:
         order = order[: params.top_k]
     peak = scaled[order[0]]
@@ -48,7 +49,7 @@ def draw_counts(sampler: Sampler, logits, draws: int, mask=None) -> dict[int, in
 
 
 def assert_matches(counts: dict[int, int], expected: dict[int, float]) -> None:
-    assert set(counts) <= set(expected), f"drew tokens outside the support: {set(counts) - set(expected)}"
+    assert set(counts) <= set(expected), f"tokens outside the support: {set(counts) - set(expected)}"
     draws = sum(counts.values())
     chi2 = sum((counts.get(i, 0) - draws * p) ** 2 / (draws * p) for i, p in expected.items())
     assert chi2 < CHI2_999[len(expected) - 1], (chi2, counts, expected)
@@ -190,10 +191,14 @@ def test_penalties_change_logits_as_specified():
 
 def test_negative_penalties_encourage_repeats_and_penalties_steer_greedy():
     logits = np.array([1.0, 0.9, 0.0], dtype=np.float32)
-    assert Sampler(SamplingParams(temperature=0)).sample(logits, history=[0]) == 0
-    assert Sampler(SamplingParams(temperature=0, presence_penalty=0.2)).sample(logits, history=[0]) == 1
-    assert Sampler(SamplingParams(temperature=0, frequency_penalty=-1.0)).sample(logits, history=[2, 2]) == 2
-    assert Sampler(SamplingParams(temperature=0, repetition_penalty=1.2)).sample(logits, history=[0]) == 1
+
+    def greedy(history, **penalty):
+        return Sampler(SamplingParams(temperature=0, **penalty)).sample(logits, history)
+
+    assert greedy([0]) == 0
+    assert greedy([0], presence_penalty=0.2) == 1
+    assert greedy([2, 2], frequency_penalty=-1.0) == 2
+    assert greedy([0], repetition_penalty=1.2) == 1
 
 
 def test_history_outside_the_vocabulary_is_rejected():
@@ -247,7 +252,7 @@ def test_invalid_params_raise_naming_the_field(field, value):
 
 def test_valid_edge_params_pass():
     for params in (
-        SamplingParams(temperature=0, top_p=1.0, min_p=1.0, presence_penalty=2, frequency_penalty=-2, seed=0),
+        SamplingParams(temperature=0, min_p=1.0, presence_penalty=2, frequency_penalty=-2, seed=0),
         SamplingParams(temperature=100.0, top_k=1, top_p=1e-9, repetition_penalty=10.0),
     ):
         params.validate()

@@ -162,7 +162,8 @@ def split_calls(text: str, pattern: re.Pattern) -> list[re.Match]:
     """The calls in `text`, checking it holds nothing else (calls may be joined by newlines)."""
     matches, position = [], 0
     for match in pattern.finditer(text):
-        assert text[position : match.start()] in ("", "\n", "\n\n") and (position or not match.start()), text
+        gap = text[position : match.start()]
+        assert gap in (("", "\n", "\n\n") if matches else ("",)), text
         matches.append(match)
         position = match.end()
     assert matches and position == len(text), text
