@@ -8,7 +8,7 @@ from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
-from agentd.api import admin, openai
+from agentd.api import admin, anthropic, openai
 from agentd.api.common import CONFIG, RUNNER
 from agentd.config import ServeConfig
 from agentd.errors import ApiError, Handler, error_middleware
@@ -28,9 +28,12 @@ ROUTES = [
     web.post("/chat/completions", openai.chat_completions),
     web.post("/v1/completions", openai.completions),
     web.post("/completions", openai.completions),
+    web.post("/v1/messages", anthropic.messages),
+    web.post("/v1/messages/count_tokens", anthropic.count_tokens),
     web.post("/tokenize", admin.tokenize),
     web.post("/detokenize", admin.detokenize),
     web.post("/apply-template", admin.apply_template),
+    web.get("/v1/cache", admin.cache_info),
 ]
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agentd.config import ServeConfig
+from agentd.prefix_cache import PrefixCache
 from engine.constraint import GrammarCompiler
 
 _PROBE_MESSAGES = [
@@ -26,6 +28,7 @@ class LoadedModel:
     n_ctx: int  # prompt + output tokens one request may use
     grammars: GrammarCompiler  # built once (~1 s); makes one constraint per request
     tool_format: str  # "qwen_xml" | "hermes": how this model's template writes tool calls
+    cache: PrefixCache | None = None  # the session cache, when enabled
 
 
 def load(config: ServeConfig, progress: bool = True) -> LoadedModel:
@@ -35,7 +38,13 @@ def load(config: ServeConfig, progress: bool = True) -> LoadedModel:
 
     path = Path(config.model_path) if config.model_path else ensure_default_model(progress=progress)
     model = engine.load_model(path, progress=progress)
-    return prepare(model, name=config.model_name or path.stem, n_ctx=config.n_ctx)
+    loaded = prepare(model, name=config.model_name or path.stem, n_ctx=config.n_ctx)
+    if not config.cache_enabled:
+        return loaded
+    cache = PrefixCache.open(
+        model, config.cache_ram_mb, config.cache_dir, config.cache_disk_mb, config.checkpoint_interval
+    )
+    return dataclasses.replace(loaded, cache=cache)
 
 
 def prepare(model: Any, name: str, n_ctx: int | None = None) -> LoadedModel:

@@ -17,6 +17,10 @@ class Metrics:
             "agentd_prompt_tokens_computed", "Prompt tokens run through the model (not cached)", registry=r
         )
         self.cached_tokens = Counter("agentd_cached_tokens", "Prompt tokens restored from the cache", registry=r)
+        self.cache_hits = Counter(
+            "agentd_cache_hits", "Requests that resumed from a cached checkpoint", ["tier"], registry=r
+        )
+        self.cache_misses = Counter("agentd_cache_misses", "Requests computed from the first token", registry=r)
         self.generation_tokens = Counter("agentd_generation_tokens", "Tokens generated", registry=r)
         self.prompt_seconds = Counter("agentd_prompt_seconds", "Time spent processing prompts", registry=r)
         self.generation_seconds = Counter("agentd_generation_seconds", "Time spent generating tokens", registry=r)

@@ -59,6 +59,7 @@ class Token:
 class JobStats:
     num_tokens: int
     num_cached_tokens: int = 0
+    num_matched_tokens: int = 0  # prompt agreement with the cache: the first differing token on a miss
     num_generated_tokens: int = 0
     submitted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # first step
@@ -106,6 +107,7 @@ class Job:
         self.done = False
         self.state: Any = None  # engine State, created on the first step
         self.num_computed_tokens = 0
+        self.checkpoints: collections.deque[int] = collections.deque()  # positions still to store
         self.generated: list[int] = []
         self._events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -155,6 +157,8 @@ class Runner:
                 await self._task
         self.fail_all("server shutting down")
         self._executor.shutdown(wait=True)
+        if self.loaded is not None and self.loaded.cache is not None:
+            self.loaded.cache.close()  # flushes pending disk writes
 
     def fail_all(self, message: str) -> None:
         """End every admitted job with `Failed(message)`, so their handlers can answer and return."""
@@ -307,18 +311,36 @@ class Runner:
     # -- model work (worker thread only) ----------------------------------------------------
 
     def _begin(self, job: Job) -> None:
-        """Create the job's state. Seam for the session cache: look the prompt ids up, restore the
-        deepest checkpoint (leaving at least one prompt token to compute, for logits) and set
-        `num_computed_tokens = num_cached_tokens` to its position; `_step` then computes the suffix
-        and stores checkpoints at the boundaries `_chunk_end` stops at."""
-        job.state = self.require_ready().model.new_state()
-        job.num_computed_tokens = job.stats.num_cached_tokens = 0
+        """Create the job's state: restored from the session cache's deepest checkpoint that is a
+        proper prefix of the prompt (at least one prompt token is left to compute, for logits),
+        or fresh. `_step` computes the rest and stores checkpoints where `_chunk_end` stops."""
+        loaded = self.require_ready()
+        prompt = job.request.prompt_ids
         job.stats.started_at = time.monotonic()
+        if loaded.cache is None:
+            job.state = loaded.model.new_state()
+            job.num_computed_tokens = job.stats.num_cached_tokens = 0
+            return
+        restored = loaded.cache.restore(prompt)
+        job.state = restored.state
+        job.num_computed_tokens = job.stats.num_cached_tokens = restored.num_cached_tokens
+        job.stats.num_matched_tokens = restored.num_matched_tokens
+        job.checkpoints = collections.deque(loaded.cache.positions(prompt, restored.num_cached_tokens))
+        if restored.tier is not None:
+            self.metrics.cache_hits.labels(restored.tier).inc()
+        else:
+            self.metrics.cache_misses.inc()
 
     def _chunk_end(self, job: Job) -> int:
-        """Where this prefill chunk stops. With the session cache, also at the next checkpoint
-        boundary (message starts, near the prompt end), so the state can be stored exactly there."""
-        return min(job.num_computed_tokens + self.prefill_chunk, len(job.request.prompt_ids))
+        """Where this prefill chunk stops: after `prefill_chunk` tokens, or at the next checkpoint
+        position, so the state can be stored exactly there."""
+        end = min(job.num_computed_tokens + self.prefill_chunk, len(job.request.prompt_ids))
+        return min(end, job.checkpoints[0]) if job.checkpoints else end
+
+    def _store_checkpoint(self, job: Job, tokens: list[int]) -> None:
+        cache = self.require_ready().cache
+        if cache is not None:
+            cache.save(tokens[: job.state.position], job.state)
 
     def _step(self, job: Job) -> list[Event]:
         """One prefill chunk or one decode step; returns the events it produced."""
@@ -330,12 +352,18 @@ class Runner:
             chunk = prompt[job.num_computed_tokens : self._chunk_end(job)]
             logits = model.forward(chunk, job.state, last_only=True)
             job.num_computed_tokens += len(chunk)
+            if job.checkpoints and job.num_computed_tokens == job.checkpoints[0]:
+                job.checkpoints.popleft()
+                self._store_checkpoint(job, prompt)
             if job.num_computed_tokens < len(prompt):
                 return []
         else:
             logits = model.forward(job.generated[-1:], job.state, last_only=True)
             job.num_computed_tokens += 1
-        return self._sample(job, np.asarray(logits[-1], dtype=np.float32))
+        events = self._sample(job, np.asarray(logits[-1], dtype=np.float32))
+        if events and isinstance(events[-1], Finished) and job.state.position > len(prompt):
+            self._store_checkpoint(job, prompt + job.generated)  # the end of generation
+        return events
 
     def _sample(self, job: Job, logits: np.ndarray) -> list[Event]:
         request = job.request

@@ -38,6 +38,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--default-max-tokens", type=int, default=defaults.default_max_tokens, metavar="N",
         help="output limit for requests that set none (default: %(default)s)",
     )  # fmt: skip
+    p.add_argument(
+        "--cache-ram-mb", type=int, default=defaults.cache_ram_mb, metavar="MB",
+        help="session cache RAM budget (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cache-dir", metavar="DIR",
+        help="session cache SQLite directory, survives restarts (default: ~/.cache/agentd/sessions)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cache-disk-mb", type=int, default=defaults.cache_disk_mb, metavar="MB",
+        help="session cache disk budget; 0 keeps the cache in RAM only (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--checkpoint-interval", type=int, default=defaults.checkpoint_interval, metavar="N",
+        help="extra checkpoints every N tokens inside long messages (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--no-cache", action="store_true", help="disable the session cache")
     p.add_argument("--verbose", action="store_true", help="debug logging")
 
 
@@ -52,6 +69,11 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_queue=args.max_queue,
         max_active=args.parallel,
         default_max_tokens=args.default_max_tokens,
+        cache_enabled=not args.no_cache,
+        cache_ram_mb=args.cache_ram_mb,
+        cache_dir=args.cache_dir,
+        cache_disk_mb=args.cache_disk_mb,
+        checkpoint_interval=args.checkpoint_interval,
     )
 
 

@@ -85,8 +85,16 @@ class Sampler:
         """Pick the next token. `history` is what the penalties count (the generated tokens);
         `mask` (bool [vocab]) marks the allowed tokens."""
         scores = apply_penalties(_as_logits(logits), history, self.params)
+        allowed = None
         if mask is not None:
-            scores = apply_mask(scores, mask)
+            # Sampling among the allowed tokens only is faster than -inf'ing the rest: grammar
+            # masks are often small, and argpartition is slow on many equal values.
+            allowed = allowed_ids(mask, len(scores))
+            scores = scores[allowed]
+        pick = self._pick(scores)
+        return pick if allowed is None else int(allowed[pick])
+
+    def _pick(self, scores: np.ndarray) -> int:
         if self.params.temperature == 0:
             best = int(np.argmax(scores))
             _require_finite_max(scores[best])
@@ -141,14 +149,15 @@ def apply_penalties(logits: np.ndarray, history: Sequence[int], params: Sampling
     return penalised
 
 
-def apply_mask(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Copy of `logits` with disallowed tokens (mask False) set to -inf."""
+def allowed_ids(mask: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Ids of the tokens a bool mask allows; ValueError for a malformed or all-False mask."""
     mask = np.asarray(mask)
-    if mask.dtype != np.bool_ or mask.shape != logits.shape:
-        raise ValueError(f"mask must be a bool array of shape {logits.shape}, got {mask.dtype} {mask.shape}")
-    if not mask.any():
+    if mask.dtype != np.bool_ or mask.shape != (vocab_size,):
+        raise ValueError(f"mask must be a bool array of shape ({vocab_size},), got {mask.dtype} {mask.shape}")
+    ids = np.flatnonzero(mask)
+    if len(ids) == 0:
         raise ValueError("mask allows no token")
-    return np.where(mask, logits, np.float32(-np.inf))
+    return ids
 
 
 def truncated_distribution(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
@@ -219,17 +228,14 @@ def _subset(ids: np.ndarray | None, kept: np.ndarray, keep: np.ndarray) -> tuple
 
 def _top_p_keep(weights: np.ndarray, target_mass: float) -> np.ndarray:
     """Indices of the most likely `weights` up to and including the one where their sum reaches
-    `target_mass`. Settled on a sorted head of the distribution when the head holds that mass
-    (always, for real models); otherwise on a sorted copy of the values, keeping every weight at
-    or above the crossing one."""
-    sizes = [size for size in _TOP_P_HEADS if size < len(weights)]
-    if len(sizes) < len(_TOP_P_HEADS):
-        sizes.append(len(weights))
-    # One partition places every head boundary at once.
-    partitioned = np.argpartition(weights, [len(weights) - size for size in reversed(sizes)])
-    for size in sizes:
-        head = partitioned[-size:]
-        if size == len(weights) or weights[head].sum(dtype=np.float64) >= target_mass:
+    `target_mass`. Settled exactly on a sorted head of the distribution when the head holds that
+    mass (always, for real models); a nearly flat distribution is cut on a sorted copy of the
+    values, keeping every weight at or above the crossing one."""
+    for size in _TOP_P_HEADS:
+        if size >= len(weights):
+            return _descending_prefix(np.arange(len(weights)), weights, target_mass)
+        head = np.argpartition(weights, -size)[-size:]
+        if weights[head].sum(dtype=np.float64) >= target_mass:
             return _descending_prefix(head, weights, target_mass)
     descending = np.sort(weights)[::-1].astype(np.float64)
     crossing = min(int(np.searchsorted(np.cumsum(descending), target_mass)), len(descending) - 1)

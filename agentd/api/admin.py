@@ -1,4 +1,5 @@
-"""Operational endpoints: /health, /metrics, /v1/models, /tokenize, /detokenize, /apply-template."""
+"""Operational endpoints: /health, /metrics, /v1/models, /tokenize, /detokenize, /apply-template,
+/v1/cache."""
 
 from __future__ import annotations
 
@@ -116,6 +117,20 @@ async def apply_template(request: web.Request) -> web.Response:
         prompt = await asyncio.to_thread(render_chat, loaded, chat_input(req))
     except PlanError as exc:
         raise invalid_request(str(exc), param=exc.param) from exc
-    return _json({"prompt": prompt})
+    ids = await asyncio.to_thread(loaded.model.tokenizer.encode, prompt)
+    cache = None if loaded.cache is None else await asyncio.to_thread(loaded.cache.explain, ids)
+    return _json({"prompt": prompt, "num_tokens": len(ids), "cache": cache})
+
+
+async def cache_info(request: web.Request) -> web.Response:
+    """The session cache: counters and hit rate, bytes per tier, and every stored checkpoint."""
+    loaded = loaded_model(request)
+    if loaded.cache is None:
+        return _json({"enabled": False})
+    stats = await asyncio.to_thread(loaded.cache.stats)
+    lookups = stats.get("lookups", 0)
+    hits = stats.get("hits_ram", 0) + stats.get("hits_disk", 0)
+    entries = await asyncio.to_thread(loaded.cache.entries)
+    return _json({"enabled": True, "hit_rate": hits / lookups if lookups else None, **stats, "entries": entries})
 
 

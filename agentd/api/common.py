@@ -89,12 +89,13 @@ def log_request(endpoint: str, request_id: str, job: Job, outcome: Done | Failed
     if stats.first_token_at is not None and generated > 1:
         tps = (generated - 1) / max(time.monotonic() - stats.first_token_at, 1e-9)
     request_log.info(
-        "request id=%s endpoint=%s prompt_tokens=%d cached_tokens=%d generated_tokens=%d "
+        "request id=%s endpoint=%s prompt_tokens=%d cached_tokens=%d matched_tokens=%d generated_tokens=%d "
         "ttft_ms=%s tokens_per_s=%s finish=%s",
         request_id,
         endpoint,
         stats.num_tokens,
         stats.num_cached_tokens,
+        stats.num_matched_tokens,
         generated,
         "-" if ttft is None else f"{ttft * 1000:.0f}",
         "-" if tps is None else f"{tps:.1f}",

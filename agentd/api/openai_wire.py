@@ -345,7 +345,10 @@ def check_common(req: GenerationFields) -> None:
 def sampling_fields(req: GenerationFields) -> dict[str, Any]:
     fields = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
               "repetition_penalty", "seed")  # fmt: skip
-    return {name: getattr(req, name) for name in fields if getattr(req, name) is not None}
+    out = {name: getattr(req, name) for name in fields if getattr(req, name) is not None}
+    if out.get("seed", 0) < 0:  # llama.cpp clients send -1 for "random"
+        del out["seed"]
+    return out
 
 
 def stop_list(stop: str | list[str] | None) -> list[str]:

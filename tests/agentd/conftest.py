@@ -67,6 +67,9 @@ class LiveServer:
         assert self.runner.num_jobs == 0, f"{self.runner.num_jobs} jobs still in the runner"
 
     def close(self) -> None:
+        """Stop serving (idempotent); the runner flushes and closes the session cache."""
+        if self._loop.is_closed():
+            return
         self.run(self._app_runner.cleanup())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

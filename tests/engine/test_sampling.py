@@ -117,11 +117,13 @@ def test_temperature_scales_before_truncation():
     np.testing.assert_allclose(p, flat / flat.sum(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+@pytest.mark.parametrize("vocab", [5000, QWEN_VOCAB])
+@pytest.mark.parametrize("top_p", [0.5, 0.95])
 @pytest.mark.parametrize("scale", [0.5, 3.0, 12.0])
-def test_top_p_on_a_full_vocabulary_matches_a_full_sort(top_p, scale):
+def test_top_p_on_a_large_vocabulary_matches_a_full_sort(vocab, top_p, scale):
+    # The sets range from 1 token (scale 12) to most of the vocabulary (0.5): every path of the cut.
     rng = np.random.default_rng(int(scale * 100 + top_p * 10))
-    logits = (rng.standard_normal(QWEN_VOCAB) * scale).astype(np.float32)
+    logits = (rng.standard_normal(vocab) * scale).astype(np.float32)
     ids, _ = truncated_distribution(logits, SamplingParams(top_p=top_p))
     weights = np.exp(logits.astype(np.float64) - logits.max())
     order = np.argsort(-weights, kind="stable")

@@ -1,0 +1,116 @@
+"""The runner's side of the session cache: engine checkpoints in, engine states out.
+
+`cache.SessionCache` stores engine-agnostic arrays; this adapter turns an engine `Checkpoint`
+into a `CachedState` and back, decides where checkpoints go (cache.policy) and explains misses.
+All methods run on the model thread except `stats`/`entries`/`explain`, which only read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from cache.policy import checkpoint_positions
+from cache.session import CachedState, SessionCache
+from engine.state import Checkpoint
+
+log = logging.getLogger("agentd.cache")
+
+MESSAGE_START = "<|im_start|>"
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("AGENTD_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "agentd") / "sessions"
+
+
+@dataclass(frozen=True)
+class Restored:
+    state: Any  # engine State continuing at `num_cached_tokens`
+    num_cached_tokens: int
+    num_matched_tokens: int  # how far the prompt agrees with anything cached
+    tier: str | None  # "ram" | "disk" | None (miss)
+
+
+class PrefixCache:
+    def __init__(self, model: Any, cache: SessionCache, interval: int):
+        self.model = model
+        self.cache = cache
+        self.interval = interval
+        start = model.tokenizer.encode(MESSAGE_START)
+        self.boundary_ids = frozenset(start) if len(start) == 1 else frozenset()
+
+    @classmethod
+    def open(cls, model: Any, ram_mb: int, cache_dir: str | None, disk_mb: int, interval: int) -> "PrefixCache":
+        disk_dir = None
+        if disk_mb > 0:
+            disk_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+            disk_dir.mkdir(parents=True, exist_ok=True)
+        cache = SessionCache(model.fingerprint, ram_mb << 20, disk_dir, disk_mb << 20)
+        return cls(model, cache, interval)
+
+    def restore(self, prompt_ids: Sequence[int]) -> Restored:
+        """A state for `prompt_ids`: restored from the deepest usable checkpoint, or fresh."""
+        found = self.cache.lookup(prompt_ids)
+        if found.checkpoint is None:
+            return Restored(self.model.new_state(), 0, found.num_matched_tokens, None)
+        c = found.checkpoint
+        ckpt = Checkpoint(position=c.position, fingerprint=self.model.fingerprint, recurrent=c.recurrent, kv=c.kv)
+        try:
+            state = self.model.restore(ckpt)
+        except ValueError as exc:  # a layout the model does not accept: never trust it
+            log.warning("cache entry unusable, recomputing: %s", exc)
+            return Restored(self.model.new_state(), 0, found.num_matched_tokens, None)
+        return Restored(state, c.position, found.num_matched_tokens, found.tier)
+
+    def positions(self, prompt_ids: Sequence[int], start: int) -> list[int]:
+        """Checkpoint positions still ahead of `start` for this prompt."""
+        return [p for p in checkpoint_positions(prompt_ids, self.boundary_ids, self.interval) if p > start]
+
+    def save(self, tokens: Sequence[int], state: Any) -> None:
+        """Store `state`, which has consumed exactly `tokens`."""
+        if state.position != len(tokens) or state.position < 1:
+            raise ValueError(f"state at {state.position} does not match {len(tokens)} tokens")
+        ckpt = state.snapshot()
+        try:
+            self.cache.store(tokens, CachedState(ckpt.position, ckpt.recurrent, ckpt.kv))
+        except Exception:  # the cache must never fail a request
+            log.exception("storing a checkpoint failed")
+
+    def explain(self, prompt_ids: Sequence[int]) -> dict[str, Any]:
+        """What a request with this prompt would reuse, and why not more (for /apply-template)."""
+        found = self.cache.lookup(prompt_ids)
+        n, matched, cached = len(prompt_ids), found.num_matched_tokens, found.num_cached_tokens
+        if cached == n - 1:
+            reason = None
+        elif matched < n - 1 and matched >= cached:
+            tokenizer = self.model.tokenizer
+            context = tokenizer.decode(list(prompt_ids[max(0, matched - 8) : matched + 8]))
+            reason = (
+                f"prompt diverges from every cached sequence at token {matched} (near {context!r}); "
+                f"the deepest checkpoint at or before it is at {cached}"
+            )
+        else:
+            reason = f"no checkpoint between token {cached} and the prompt end ({n})"
+        return {
+            "num_tokens": n,
+            "num_cached_tokens": cached,
+            "num_matched_tokens": matched,
+            "tier": found.tier,
+            "miss_reason": reason,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return self.cache.stats()
+
+    def entries(self) -> list[dict[str, Any]]:
+        return self.cache.entries()
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    def close(self) -> None:
+        self.cache.close()
