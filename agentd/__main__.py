@@ -1,8 +1,9 @@
-"""`agentd` command line: generate, inspect, serve, cache."""
+"""agentd: a local inference daemon for Qwen3.5 hybrid models (generate, inspect, serve, cache)."""
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 
 from engine.config import ModelFormatError
@@ -25,6 +26,32 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="print a GGUF model's architecture, tensors and state sizes")
     p.add_argument("path")
     p.set_defaults(run=_run_inspect)
+
+
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cache", help="inspect or clear the on-disk session cache")
+    p.add_argument("action", choices=["stats", "ls", "clear"])
+    p.add_argument("--cache-dir", help="cache directory (default: ~/.cache/agentd/sessions)")
+    p.set_defaults(run=_run_cache)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agentd.prefix_cache import default_cache_dir
+    from cache import admin
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if args.action == "clear":
+        print(f"removed {admin.clear(cache_dir)} checkpoints from {cache_dir}")
+    elif args.action == "stats":
+        for row in admin.summary(cache_dir) or [{}]:
+            print("  ".join(f"{k}={v}" for k, v in row.items()) or "empty")
+    else:
+        print(f"{'model':<14} {'tokens':>8} {'state bytes':>12}  key")
+        for e in admin.entries(cache_dir):
+            print(f"{e['fingerprint'][:12]:<14} {e['num_tokens']:>8} {e['state_bytes']:>12}  {e['key'][:16]}")
+    return 0
 
 
 def _model_path(arg: str | None) -> str:
@@ -68,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_inspect(sub)
+    _add_cache(sub)
     from agentd import serve_cli
 
     serve_cli.add_parser(sub)
@@ -75,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ModelFormatError, ValueError, OSError) as e:
+    except (ModelFormatError, ValueError, OSError, sqlite3.Error) as e:
         print(f"agentd: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
