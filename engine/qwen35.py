@@ -21,10 +21,7 @@ from kernels.numpy_backend import sigmoid, silu, softplus
 
 @dataclass
 class DeltaNetWeights:
-    qkv: object
-    gate: object
-    beta: object
-    alpha: object
+    in_proj: object  # rows [qkv (C) | gate z (Vd) | beta (Hv) | alpha (Hv)], fused: one matmul per layer
     conv: np.ndarray  # [C, K]
     dt_bias: np.ndarray  # [Hv]
     a: np.ndarray  # [Hv], = -exp(A_log)
@@ -34,9 +31,7 @@ class DeltaNetWeights:
 
 @dataclass
 class AttentionWeights:
-    q: object  # [n_head * 2 * hd, n_embd], per head [query | gate]
-    k: object
-    v: object
+    qkv: object  # rows [query+gate (n_head * 2 * hd, per head [query | gate]) | k | v], fused
     o: object
     q_norm: np.ndarray
     k_norm: np.ndarray
@@ -44,16 +39,14 @@ class AttentionWeights:
 
 @dataclass
 class DenseFFNWeights:
-    gate: object
-    up: object
+    gate_up: object  # rows [gate | up], fused
     down: object
 
 
 @dataclass
 class MoEWeights:
     router: object  # [E, n_embd]
-    gate_exps: list[object]  # per expert [n_ff_exp, n_embd]
-    up_exps: list[object]
+    gate_up_exps: list[object]  # per expert [2 * n_ff_exp, n_embd], rows [gate | up]
     down_exps: list[object]  # per expert [n_embd, n_ff_exp]
     shared_gate: np.ndarray  # [n_embd]
     shared: DenseFFNWeights
@@ -85,10 +78,12 @@ def load_weights(f: GGUFFile, c: ModelConfig, be: Backend, progress: Callable[[i
     def vec(name: str, n: int) -> np.ndarray:
         return np.ascontiguousarray(f.load(name, (n,)), np.float32)
 
+    def fused(*parts: np.ndarray) -> object:
+        return be.weight(np.concatenate(parts, axis=0))
+
     def dense_ffn(p: str, n_ff: int, suffix: str = "") -> DenseFFNWeights:
         return DenseFFNWeights(
-            gate=w(f"{p}.ffn_gate{suffix}.weight", (n_ff, E)),
-            up=w(f"{p}.ffn_up{suffix}.weight", (n_ff, E)),
+            gate_up=fused(f.load(f"{p}.ffn_gate{suffix}.weight", (n_ff, E)), f.load(f"{p}.ffn_up{suffix}.weight", (n_ff, E))),
             down=w(f"{p}.ffn_down{suffix}.weight", (E, n_ff)),
         )
 
@@ -99,10 +94,12 @@ def load_weights(f: GGUFFile, c: ModelConfig, be: Backend, progress: Callable[[i
         if c.recurrent_layers[i]:
             C, Vd, Hv = c.conv_channels, c.value_dim, c.ssm_dt_rank
             mixer: DeltaNetWeights | AttentionWeights = DeltaNetWeights(
-                qkv=w(f"{p}.attn_qkv.weight", (C, E)),
-                gate=w(f"{p}.attn_gate.weight", (Vd, E)),
-                beta=w(f"{p}.ssm_beta.weight", (Hv, E)),
-                alpha=w(f"{p}.ssm_alpha.weight", (Hv, E)),
+                in_proj=fused(
+                    f.load(f"{p}.attn_qkv.weight", (C, E)),
+                    f.load(f"{p}.attn_gate.weight", (Vd, E)),
+                    f.load(f"{p}.ssm_beta.weight", (Hv, E)),
+                    f.load(f"{p}.ssm_alpha.weight", (Hv, E)),
+                ),
                 conv=np.ascontiguousarray(f.load(f"{p}.ssm_conv1d.weight", (C, c.conv_kernel)), np.float32),
                 dt_bias=vec(f"{p}.ssm_dt.bias", Hv),
                 a=vec(f"{p}.ssm_a", Hv),
@@ -111,17 +108,16 @@ def load_weights(f: GGUFFile, c: ModelConfig, be: Backend, progress: Callable[[i
             )
         else:
             hd, nq, nkv = c.head_dim, c.n_head * c.head_dim, c.n_kv_head * c.head_dim
-            if f.has(f"{p}.attn_qkv.weight"):  # fused Q+gate | K | V
-                qkv = f.load(f"{p}.attn_qkv.weight", (2 * nq + 2 * nkv, E))
-                q, k, v = qkv[: 2 * nq], qkv[2 * nq : 2 * nq + nkv], qkv[2 * nq + nkv :]
+            if f.has(f"{p}.attn_qkv.weight"):  # some converters fuse Q+gate | K | V already
+                qkv = be.weight(f.load(f"{p}.attn_qkv.weight", (2 * nq + 2 * nkv, E)))
             else:
-                q = f.load(f"{p}.attn_q.weight", (2 * nq, E))
-                k = f.load(f"{p}.attn_k.weight", (nkv, E))
-                v = f.load(f"{p}.attn_v.weight", (nkv, E))
+                qkv = fused(
+                    f.load(f"{p}.attn_q.weight", (2 * nq, E)),
+                    f.load(f"{p}.attn_k.weight", (nkv, E)),
+                    f.load(f"{p}.attn_v.weight", (nkv, E)),
+                )
             mixer = AttentionWeights(
-                q=be.weight(q),
-                k=be.weight(k),
-                v=be.weight(v),
+                qkv=qkv,
                 o=w(f"{p}.attn_output.weight", (E, nq)),
                 q_norm=vec(f"{p}.attn_q_norm.weight", hd),
                 k_norm=vec(f"{p}.attn_k_norm.weight", hd),
@@ -137,8 +133,7 @@ def load_weights(f: GGUFFile, c: ModelConfig, be: Backend, progress: Callable[[i
             down_e = f.load(f"{p}.ffn_down_exps.weight", (ne, E, nf))
             ffn: DenseFFNWeights | MoEWeights = MoEWeights(
                 router=w(f"{p}.ffn_gate_inp.weight", (ne, E)),
-                gate_exps=[be.weight(gate_e[j]) for j in range(ne)],
-                up_exps=[be.weight(up_e[j]) for j in range(ne)],
+                gate_up_exps=[fused(gate_e[j], up_e[j]) for j in range(ne)],
                 down_exps=[be.weight(down_e[j]) for j in range(ne)],
                 shared_gate=vec(f"{p}.ffn_gate_inp_shexp.weight", E),
                 shared=dense_ffn(p, c.n_ff_shexp, "_shexp"),
@@ -196,10 +191,12 @@ class Qwen35:
         c, be = self.c, self.be
         t = x.shape[0]
         hk, hv, d = c.ssm_n_group, c.ssm_dt_rank, c.ssm_d_state
-        mixed, state.conv[j] = be.causal_conv(be.linear(x, w.qkv), state.conv[j], w.conv)
-        z = be.linear(x, w.gate).reshape(t, hv, d)
-        beta = sigmoid(be.linear(x, w.beta))
-        g = w.a * softplus(be.linear(x, w.alpha) + w.dt_bias)
+        proj = be.linear(x, w.in_proj)
+        cc, vd = c.conv_channels, c.value_dim
+        mixed, state.conv[j] = be.causal_conv(proj[:, :cc], state.conv[j], w.conv)
+        z = proj[:, cc : cc + vd].reshape(t, hv, d)
+        beta = sigmoid(proj[:, cc + vd : cc + vd + hv])
+        g = w.a * softplus(proj[:, cc + vd + hv :] + w.dt_bias)
         kd = c.key_dim
         q = _l2norm(mixed[:, :kd].reshape(t, hk, d), c.eps)
         k = _l2norm(mixed[:, kd : 2 * kd].reshape(t, hk, d), c.eps)
@@ -214,11 +211,13 @@ class Qwen35:
     def _attention(self, x: np.ndarray, w: AttentionWeights, state: State, j: int) -> np.ndarray:
         c, be = self.c, self.be
         t, hd = x.shape[0], c.head_dim
-        qg = be.linear(x, w.q).reshape(t, c.n_head, 2 * hd)
+        proj = be.linear(x, w.qkv)
+        nq, nkv = 2 * c.n_head * hd, c.n_kv_head * hd
+        qg = proj[:, :nq].reshape(t, c.n_head, 2 * hd)
         q, gate = qg[..., :hd], qg[..., hd:]
         q = be.rms_norm(q, w.q_norm, c.eps)
-        k = be.rms_norm(be.linear(x, w.k).reshape(t, c.n_kv_head, hd), w.k_norm, c.eps)
-        v = be.linear(x, w.v).reshape(t, c.n_kv_head, hd)
+        k = be.rms_norm(proj[:, nq : nq + nkv].reshape(t, c.n_kv_head, hd), w.k_norm, c.eps)
+        v = proj[:, nq + nkv :].reshape(t, c.n_kv_head, hd)
         positions = np.arange(state.position, state.position + t)
         q, k = self._rope(q, positions), self._rope(k, positions)
         keys, values = state.append_kv(j, k, v)
@@ -238,8 +237,13 @@ class Qwen35:
         return out
 
     def _ffn(self, x: np.ndarray, w: DenseFFNWeights) -> np.ndarray:
-        be = self.be
-        return be.linear(silu(be.linear(x, w.gate)) * be.linear(x, w.up), w.down)
+        return self._gated_mlp(x, w.gate_up, w.down)
+
+    def _gated_mlp(self, x: np.ndarray, gate_up: object, down: object) -> np.ndarray:
+        """down(SiLU(gate x) * (up x)) with gate and up in one fused matmul."""
+        gu = self.be.linear(x, gate_up)
+        half = gu.shape[1] // 2
+        return self.be.linear(silu(gu[:, :half]) * gu[:, half:], down)
 
     def _moe(self, x: np.ndarray, w: MoEWeights) -> np.ndarray:
         """Softmax over all experts, top-k renormalised, plus the sigmoid-gated shared expert."""
@@ -255,8 +259,7 @@ class Qwen35:
         out = np.zeros_like(x)
         for e in np.unique(top):
             rows, slot = np.nonzero(top == e)
-            xe = x[rows]
-            ye = be.linear(silu(be.linear(xe, w.gate_exps[e])) * be.linear(xe, w.up_exps[e]), w.down_exps[e])
+            ye = self._gated_mlp(x[rows], w.gate_up_exps[e], w.down_exps[e])
             out[rows] += weights[rows, slot][:, None] * ye
         shared = self._ffn(x, w.shared) * sigmoid(x @ w.shared_gate)[:, None]
         return out + shared
