@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels.numpy_backend import NumpyBackend, delta_rule_chunked, delta_rule_recurrent
+from kernels.numpy_backend import NumpyBackend, delta_rule_chunked, delta_rule_recurrent, unit_lower_inverse
 
 
 def _delta_inputs(rng, t, h=3, dk=8, dv=6):
@@ -85,3 +85,12 @@ def test_causal_conv_streams_like_one_pass():
     padded = np.concatenate([zero, u])
     ref = sum(padded[i : i + 10] * w[:, i] for i in range(4))
     np.testing.assert_allclose(full, ref / (1 + np.exp(-ref)), atol=1e-6)
+
+
+def test_unit_lower_inverse():
+    rng = np.random.default_rng(2)
+    a = np.tril(rng.standard_normal((3, 64, 64)), -1).astype(np.float32) * 0.2
+    inv = unit_lower_inverse(a)
+    eye = np.broadcast_to(np.eye(64, dtype=np.float32), a.shape)
+    np.testing.assert_allclose(inv @ (eye + a), eye, atol=1e-4)
+    np.testing.assert_array_equal(np.triu(inv, 1), 0)
