@@ -355,7 +355,6 @@ def test_claude_code_requests_are_accepted(server):
         server.wait_idle()
 
 
-@pytest.mark.xfail(reason="session cache not integrated yet", strict=False)
 def test_second_turn_reads_the_first_from_the_session_cache(server):
     system = "You are a careful assistant who answers questions about the weather. " * 12
     sdk = client(server)
