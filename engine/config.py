@@ -12,8 +12,28 @@ class ModelFormatError(ValueError):
     """The file is not a model this engine can run; the message names the problem."""
 
 
+class DeltaNetDims:
+    """Gated DeltaNet sizes derived from head counts; shared by the reader's and writer's configs."""
+
+    ssm_d_state: int  # dk == dv
+    ssm_n_group: int  # Hk
+    ssm_dt_rank: int  # Hv
+
+    @property
+    def key_dim(self) -> int:
+        return self.ssm_n_group * self.ssm_d_state
+
+    @property
+    def value_dim(self) -> int:
+        return self.ssm_dt_rank * self.ssm_d_state
+
+    @property
+    def conv_channels(self) -> int:
+        return 2 * self.key_dim + self.value_dim
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(DeltaNetDims):
     arch: str
     n_vocab: int
     n_embd: int
@@ -45,18 +65,6 @@ class ModelConfig:
     @property
     def is_moe(self) -> bool:
         return self.n_expert > 0
-
-    @property
-    def key_dim(self) -> int:
-        return self.ssm_n_group * self.ssm_d_state
-
-    @property
-    def value_dim(self) -> int:
-        return self.ssm_dt_rank * self.ssm_d_state
-
-    @property
-    def conv_channels(self) -> int:
-        return 2 * self.key_dim + self.value_dim
 
     @property
     def recurrent_layer_ids(self) -> list[int]:

@@ -23,6 +23,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
+from engine.config import DeltaNetDims
 from engine.vocab import Vocab, write_vocab
 from kernels.quant import quantize, row_nbytes
 
@@ -31,7 +32,7 @@ _CHUNK_VALUES = 1 << 24  # float32 values quantized and written per step (64 MiB
 
 
 @dataclass(frozen=True)
-class ArchConfig:
+class ArchConfig(DeltaNetDims):
     """Hyper-parameters of a Qwen3.5 model as stored in GGUF metadata (section 1 of the spec)."""
 
     name: str
@@ -101,18 +102,6 @@ class ArchConfig:
     @property
     def block_count(self) -> int:
         return self.n_layer + self.n_nextn
-
-    @property
-    def key_dim(self) -> int:
-        return self.ssm_n_group * self.ssm_d_state
-
-    @property
-    def value_dim(self) -> int:
-        return self.ssm_dt_rank * self.ssm_d_state
-
-    @property
-    def conv_channels(self) -> int:
-        return 2 * self.key_dim + self.value_dim
 
     @property
     def dimension_sections(self) -> tuple[int, ...]:
