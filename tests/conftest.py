@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# shared assertion helpers outside test_*.py files still get pytest's detailed failure output
+pytest.register_assert_rewrite("tests.tools.streaming", "tests.engine.grammar_helpers")
+
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:

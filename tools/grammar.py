@@ -32,7 +32,7 @@ import json
 import re
 from typing import Any, Literal
 
-from tools.schema import ToolSchemas, _name_and_parameters
+from tools.schema import ToolSchemas, name_and_parameters
 
 DEFAULT_MAX_STRING_CHARS = 32768
 MAX_PARALLEL_CALLS = 8
@@ -191,7 +191,7 @@ def _declared_functions(tools: list[dict]) -> dict[str, dict]:
         raise ValueError("tool calls need a non-empty list of tools")
     functions: dict[str, dict] = {}
     for number, tool in enumerate(tools):
-        name, params = _name_and_parameters(tool, number)
+        name, params = name_and_parameters(tool, number)
         if name in functions:
             raise ValueError(f"function {name!r} is declared twice")
         if params.get("type", "object") != "object":

@@ -17,8 +17,8 @@ import enum
 import json
 import re
 
-from tools.events import Event, EventSink, find_marker, marker_at
-from tools.schema import ToolSchemas
+from tools.events import find_marker, marker_at
+from tools.step_parser import StepParser
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -166,39 +166,25 @@ class _State(enum.Enum):
     AFTER_BODY = enum.auto()  # after it: </tool_call> or another call's JSON
 
 
-class HermesParser:
-    """feed() decoded text pieces as they are generated, then finish() once; both return events."""
+class HermesParser(StepParser):
+    """feed() decoded text pieces as they are generated, then finish() once; both return events.
+
+    In BODY, `_buf` holds the call's text after `<tool_call>`; once streaming, the unsent rest.
+    """
 
     def __init__(self, tools: list[dict] | None) -> None:
-        self._schemas = ToolSchemas(tools)
-        self._sink = EventSink()
-        self._state = _State.TEXT
-        self._buf = ""  # in BODY: the call's text after <tool_call>; streaming: the unsent rest
+        steps = {
+            _State.TEXT: self._text,
+            _State.BODY: self._body,
+            _State.AFTER_BODY: self._after_body,
+        }
+        super().__init__(tools, _State.TEXT, steps)
         self._scanner = JsonScanner()
         self._scanned = 0  # buffered text checked by the scanner
         self._head_checked = False
         self._streaming = False  # the call started and its arguments are being sent
         self._closable_at = 0  # the arguments can be sent up to here and closed there...
         self._closing = ""  # ...by this text
-        self._steps = {
-            _State.TEXT: self._text,
-            _State.BODY: self._body,
-            _State.AFTER_BODY: self._after_body,
-        }
-
-    def feed(self, text: str) -> list[Event]:
-        self._buf += text
-        self._run(at_end=False)
-        return self._sink.take()
-
-    def finish(self) -> list[Event]:
-        self._run(at_end=True)
-        return self._sink.take()
-
-    def _run(self, at_end: bool) -> None:
-        """Each step consumes what it can decide and returns whether another step may progress."""
-        while self._steps[self._state](at_end):
-            pass
 
     def _text(self, at_end: bool) -> bool:
         pos, marker = find_marker(self._buf, (TOOL_CALL_OPEN,), at_end)

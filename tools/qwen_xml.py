@@ -28,8 +28,9 @@ from __future__ import annotations
 import enum
 import json
 
-from tools.events import Event, EventSink, find_marker, marker_at
-from tools.schema import ToolSchemas, typed_json
+from tools.events import find_marker, marker_at
+from tools.schema import typed_json
+from tools.step_parser import StepParser
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -58,19 +59,11 @@ class _State(enum.Enum):
     DEMOTED = enum.auto()  # inside a call of an undeclared function, passed on as content
 
 
-class QwenXmlParser:
+class QwenXmlParser(StepParser):
     """feed() decoded text pieces as they are generated, then finish() once; both return events."""
 
     def __init__(self, tools: list[dict] | None) -> None:
-        self._schemas = ToolSchemas(tools)
-        self._sink = EventSink()
-        self._state = _State.TEXT
-        self._buf = ""  # text received and not yet consumed
-        self._function = ""
-        self._num_params = 0
-        self._param_is_string = True
-        self._typed_value: list[str] = []
-        self._steps = {
+        steps = {
             _State.TEXT: self._text,
             _State.WRAPPER: self._wrapper,
             _State.FUNCTION_NAME: self._function_name,
@@ -80,20 +73,11 @@ class QwenXmlParser:
             _State.VALUE: self._value,
             _State.DEMOTED: self._demoted,
         }
-
-    def feed(self, text: str) -> list[Event]:
-        self._buf += text
-        self._run(at_end=False)
-        return self._sink.take()
-
-    def finish(self) -> list[Event]:
-        self._run(at_end=True)
-        return self._sink.take()
-
-    def _run(self, at_end: bool) -> None:
-        """Each step consumes what it can decide and returns whether another step may progress."""
-        while self._steps[self._state](at_end):
-            pass
+        super().__init__(tools, _State.TEXT, steps)
+        self._function = ""
+        self._num_params = 0
+        self._param_is_string = True
+        self._typed_value: list[str] = []
 
     def _text(self, at_end: bool) -> bool:
         pos, marker = find_marker(self._buf, _TEXT_TAGS, at_end)

@@ -39,7 +39,7 @@ class ToolSchemas:
             raise ValueError(f"tools must be a list of definitions, not {type(tools).__name__}")
         self._params = {}
         for number, tool in enumerate(tools):
-            name, parameters = _name_and_parameters(tool, number)
+            name, parameters = name_and_parameters(tool, number)
             properties = parameters.get("properties")
             if not isinstance(properties, dict):
                 properties = {}
@@ -76,7 +76,9 @@ def _reject_non_finite(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _name_and_parameters(tool: Any, number: int) -> tuple[str, dict]:
+def name_and_parameters(tool: Any, number: int) -> tuple[str, dict]:
+    """(name, parameters JSON schema) of tool definition `number`, OpenAI or Anthropic style;
+    ValueError naming the tool where the definition is malformed."""
     if not isinstance(tool, dict):
         raise ValueError(f"tool {number} must be an object, got {type(tool).__name__}")
     if "function" in tool:

@@ -19,6 +19,25 @@ from agentd.loader import LoadedModel, prepare
 from tests.agentd.fakes import FakeModel
 
 
+FORECAST_SCHEMA = {  # the parameters of the weather tool that the end-to-end tests offer
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 12},
+        "days": {"type": "integer", "minimum": 1, "maximum": 14},
+        "metric": {"type": "boolean"},
+    },
+    "required": ["city", "days"],
+}
+
+
+def check_forecast_arguments(value: dict) -> None:
+    """FORECAST_SCHEMA, checked field by field."""
+    assert set(value) <= {"city", "days", "metric"} and {"city", "days"} <= set(value), value
+    assert isinstance(value["city"], str) and len(value["city"]) <= 12
+    assert type(value["days"]) is int and 1 <= value["days"] <= 14
+    assert type(value.get("metric", True)) is bool
+
+
 class LiveServer:
     def __init__(self, config: ServeConfig, load: Callable[[], LoadedModel]):
         self.config = config

@@ -14,24 +14,12 @@ import pytest
 
 from agentd.config import ServeConfig
 from agentd.loader import load
-from tests.agentd.conftest import LiveServer
+from tests.agentd.conftest import FORECAST_SCHEMA, LiveServer, check_forecast_arguments
 from tests.agentd.fakes import FakeModel, chat_reply
 
 KEY = "test-key"
 USER = [{"role": "user", "content": "Hello! What is the weather like?"}]
-FORECAST = {
-    "name": "forecast",
-    "description": "Weather forecast for a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 12},
-            "days": {"type": "integer", "minimum": 1, "maximum": 14},
-            "metric": {"type": "boolean"},
-        },
-        "required": ["city", "days"],
-    },
-}
+FORECAST = {"name": "forecast", "description": "Weather forecast for a city", "input_schema": FORECAST_SCHEMA}
 EPHEMERAL = {"type": "ephemeral"}
 GREEDY = {"extra_body": {"temperature": 0}}  # the SDK no longer has sampling parameters; the API still does
 STREAM_EVENTS = {"message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta",
@@ -59,14 +47,6 @@ def count_tokens(server: LiveServer, body: dict[str, Any]) -> int:
     status, _, reply = server.request("POST", "/v1/messages/count_tokens", body, {"x-api-key": KEY})
     assert status == 200, reply
     return reply["input_tokens"]
-
-
-def check_forecast_input(value: dict) -> None:
-    """The tool's input schema, checked field by field."""
-    assert set(value) <= {"city", "days", "metric"} and {"city", "days"} <= set(value), value
-    assert isinstance(value["city"], str) and len(value["city"]) <= 12
-    assert type(value["days"]) is int and 1 <= value["days"] <= 14
-    assert type(value.get("metric", True)) is bool
 
 
 def check_sequence(events: list[Any]) -> None:
@@ -141,7 +121,7 @@ def test_forced_tool_use_streams_input_that_validates(server):
     fragments = [e.delta.partial_json for e in events if e.type == "content_block_delta"]
     assert fragments and all(e.delta.type == "input_json_delta" for e in events if e.type == "content_block_delta")
     value = json.loads("".join(fragments))
-    check_forecast_input(value)
+    check_forecast_arguments(value)
     assert events[-2].delta.stop_reason == "tool_use" and final.stop_reason == "tool_use"
     assert [(b.type, b.input) for b in final.content] == [("tool_use", value)]
 
@@ -155,7 +135,7 @@ def test_tool_result_round_trip(server):
     calls = [b for b in first.content if b.type == "tool_use"]
     assert calls and all(c.name == "forecast" for c in calls)
     for call in calls:
-        check_forecast_input(call.input)
+        check_forecast_arguments(call.input)
 
     def conversation(result: Any) -> list[dict[str, Any]]:
         results = [{"type": "tool_result", "tool_use_id": c.id, "content": result} for c in calls]

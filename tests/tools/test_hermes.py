@@ -4,11 +4,17 @@ written, and malformed or cut-off JSON."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
-from tools.events import ToolCallArgsDelta, ToolCallEnd, ToolCallStart, collect, merge_deltas
+from tests.tools.streaming import (
+    check_random_garbage,
+    feed_all,
+    outcome,
+    same_for_every_split,
+    without_ids,
+)
+from tools.events import ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 from tools.hermes import HermesParser
 
 
@@ -29,41 +35,12 @@ def call_json(name: str, arguments: dict) -> str:
 
 
 def parse(pieces: list[str], tools: list[dict] | None = TOOLS) -> list:
-    parser = HermesParser(tools)
-    events = [event for piece in pieces for event in parser.feed(piece)]
-    return merge_deltas(events + parser.finish())
-
-
-def without_ids(events: list) -> list:
-    starts = [e for e in events if isinstance(e, ToolCallStart)]
-    ids = [e.id for e in starts]
-    assert len(set(ids)) == len(ids) and all(i.startswith("call_") for i in ids)
-    return [ToolCallStart(e.index, "", e.name) if e in starts else e for e in events]
-
-
-def splits(text: str, seed: int = 0):
-    """The text whole, at every single cut, char by char, and at random sets of cuts."""
-    yield [text]
-    yield list(text)
-    for cut in range(1, len(text)):
-        yield [text[:cut], text[cut:]]
-    rng = random.Random(seed)
-    for _ in range(40):
-        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(2, 12))))
-        yield [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-
-
-def outcome(events: list) -> tuple[str, list[tuple[str, dict]]]:
-    """Content text and (name, arguments) per call; collect() checks the order of the events."""
-    turn = collect(events)
-    return turn.content, [(call.name, json.loads(call.arguments)) for call in turn.tool_calls]
+    return feed_all(HermesParser(tools), pieces)
 
 
 def parse_all_ways(text: str, tools: list[dict] | None = TOOLS) -> tuple[str, list]:
-    reference = without_ids(parse([text], tools))
-    for pieces in splits(text):
-        assert without_ids(parse(pieces, tools)) == reference, pieces
-    return outcome(reference)
+    """The outcome of parsing `text`, after checking that every split gives the same events."""
+    return outcome(same_for_every_split(lambda pieces: without_ids(parse(pieces, tools)), text))
 
 
 NESTED = {
@@ -167,9 +144,4 @@ def test_garbage_never_raises_and_calls_stay_valid_json():
         "<tool_call>", "</tool_call>", CALL_HEAD, '{"name": "nope", "arguments": ',
         "{", "}", "[", "]", '"', ":", ",", "\\", "1", "-", "e", "tru", "null", " ", "\n", "x", "<",
     ]
-    rng = random.Random(7)
-    for _ in range(300):
-        text = "".join(rng.choice(atoms) for _ in range(rng.randint(1, 30)))
-        reference = without_ids(parse([text]))
-        outcome(reference)
-        assert without_ids(parse(list(text))) == reference, text
+    check_random_garbage(parse, atoms)

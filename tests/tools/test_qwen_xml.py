@@ -4,15 +4,19 @@ the malformed outputs of serving-anchors.md section 5, a round trip through the 
 from __future__ import annotations
 
 import json
-import random
-from pathlib import Path
 
 import pytest
 
-from tools.events import ToolCallArgsDelta, ToolCallEnd, ToolCallStart, collect, merge_deltas
+from tests.tools.streaming import (
+    check_random_garbage,
+    feed_all,
+    first_assistant_turn,
+    outcome,
+    same_for_every_split,
+    without_ids,
+)
+from tools.events import ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 from tools.qwen_xml import QwenXmlParser
-
-OFFICIAL_TEMPLATE = Path(__file__).parents[2].parent / "shared/templates/qwen3.5-chat-template.jinja"
 
 
 WRITING = "<tool_call>\n<function=write_file>\n<parameter=content>\n"
@@ -54,42 +58,12 @@ def call_xml(name: str, *params: tuple[str, str], wrapped: bool = True) -> str:
 
 
 def parse(pieces: list[str], tools: list[dict] | None = TOOLS) -> list:
-    parser = QwenXmlParser(tools)
-    events = [event for piece in pieces for event in parser.feed(piece)]
-    return merge_deltas(events + parser.finish())
-
-
-def without_ids(events: list) -> list:
-    starts = [e for e in events if isinstance(e, ToolCallStart)]
-    ids = [e.id for e in starts]
-    assert len(set(ids)) == len(ids) and all(i.startswith("call_") and len(i) > 10 for i in ids)
-    return [ToolCallStart(e.index, "", e.name) if e in starts else e for e in events]
-
-
-def splits(text: str, seed: int = 0):
-    """The text whole, at every single cut, char by char, and at random sets of cuts."""
-    yield [text]
-    yield list(text)
-    for cut in range(1, len(text)):
-        yield [text[:cut], text[cut:]]
-    rng = random.Random(seed)
-    for _ in range(40):
-        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(2, 12))))
-        yield [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-
-
-def outcome(events: list) -> tuple[str, list[tuple[str, dict]]]:
-    """Content text and (name, arguments) per call; collect() checks the order of the events."""
-    turn = collect(events)
-    return turn.content, [(call.name, json.loads(call.arguments)) for call in turn.tool_calls]
+    return feed_all(QwenXmlParser(tools), pieces)
 
 
 def parse_all_ways(text: str, tools: list[dict] | None = TOOLS) -> tuple[str, list]:
     """The outcome of parsing `text`, after checking that every split gives the same events."""
-    reference = without_ids(parse([text], tools))
-    for pieces in splits(text):
-        assert without_ids(parse(pieces, tools)) == reference, pieces
-    return outcome(reference)
+    return outcome(same_for_every_split(lambda pieces: without_ids(parse(pieces, tools)), text))
 
 
 def test_content_then_call():
@@ -302,12 +276,7 @@ def test_garbage_never_raises_and_calls_stay_valid_json():
         "</function>", "<parameter=timeout>", "<parameter=command>", "<parameter=env>",
         "</parameter>", "<parameter=", "<function=", "<", ">", "\n", " ", "x", '"', "\\", "{", "1",
     ]
-    rng = random.Random(7)
-    for _ in range(300):
-        text = "".join(rng.choice(atoms) for _ in range(rng.randint(1, 30)))
-        reference = without_ids(parse([text]))
-        outcome(reference)
-        assert without_ids(parse(list(text))) == reference, text
+    check_random_garbage(parse, atoms)
 
 
 def test_bad_tool_definitions_are_rejected():
@@ -315,17 +284,6 @@ def test_bad_tool_definitions_are_rejected():
         QwenXmlParser([{"type": "function", "function": {"parameters": {}}}])
     with pytest.raises(ValueError, match="must be a list"):
         QwenXmlParser({"type": "function"})
-
-
-def render_assistant_turn(message: dict) -> str:
-    """The text of an assistant turn as transformers renders it with the official template:
-    what the model learned to write."""
-    if not OFFICIAL_TEMPLATE.exists():
-        pytest.skip(f"official chat template fixture missing: {OFFICIAL_TEMPLATE}")
-    utils = pytest.importorskip("transformers.utils.chat_template_utils")
-    messages = [{"role": "user", "content": "go"}, message, {"role": "user", "content": "next"}]
-    rendered, _ = utils.render_jinja_template([messages], chat_template=OFFICIAL_TEMPLATE.read_text())
-    return rendered[0].split("<|im_start|>assistant\n", 1)[1].split("<|im_end|>", 1)[0]
 
 
 def test_round_trip_through_the_chat_template():
@@ -343,5 +301,5 @@ def test_round_trip_through_the_chat_template():
             for name, args in arguments
         ],
     }
-    text = render_assistant_turn(message)
-    assert parse_all_ways(text) == ("Writing the file.", arguments)
+    messages = [{"role": "user", "content": "go"}, message, {"role": "user", "content": "next"}]
+    assert parse_all_ways(first_assistant_turn(messages)) == ("Writing the file.", arguments)

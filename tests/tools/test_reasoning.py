@@ -3,40 +3,19 @@ and a round trip through the chat template's `<think>` rendering."""
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
-
 import pytest
 
-from tools.events import ReasoningDelta, TextDelta, merge_deltas
+from tests.tools.streaming import feed_all, first_assistant_turn, same_for_every_split
+from tools.events import ReasoningDelta, TextDelta
 from tools.reasoning import ReasoningSplitter
-
-OFFICIAL_TEMPLATE = Path(__file__).parents[2].parent / "shared/templates/qwen3.5-chat-template.jinja"
 
 
 def split(pieces: list[str], start_in_reasoning: bool) -> list:
-    splitter = ReasoningSplitter(start_in_reasoning)
-    deltas = [delta for piece in pieces for delta in splitter.feed(piece)]
-    return merge_deltas(deltas + splitter.finish())
-
-
-def splits(text: str, seed: int = 0):
-    """The text whole, at every single cut, char by char, and at random sets of cuts."""
-    yield [text]
-    yield list(text)
-    for cut in range(1, len(text)):
-        yield [text[:cut], text[cut:]]
-    rng = random.Random(seed)
-    for _ in range(40):
-        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(2, 12))))
-        yield [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    return feed_all(ReasoningSplitter(start_in_reasoning), pieces)
 
 
 def split_all_ways(text: str, start_in_reasoning: bool) -> list:
-    reference = split([text], start_in_reasoning)
-    for pieces in splits(text):
-        assert split(pieces, start_in_reasoning) == reference, pieces
-    return reference
+    return same_for_every_split(lambda pieces: split(pieces, start_in_reasoning), text)
 
 
 @pytest.mark.parametrize(
@@ -71,16 +50,12 @@ def test_reasoning_streams_before_the_closing_tag():
 
 
 def test_round_trip_through_the_chat_template():
-    if not OFFICIAL_TEMPLATE.exists():
-        pytest.skip(f"official chat template fixture missing: {OFFICIAL_TEMPLATE}")
-    utils = pytest.importorskip("transformers.utils.chat_template_utils")
     reasoning, content = "\nThe user wants <b>.\n\nSo: x < y.\n", "\n\nHere it is:\n\n  code\n"
     messages = [
         {"role": "user", "content": "go"},
         {"role": "assistant", "reasoning_content": reasoning, "content": content},
     ]
-    rendered, _ = utils.render_jinja_template([messages], chat_template=OFFICIAL_TEMPLATE.read_text())
-    turn = rendered[0].split("<|im_start|>assistant\n", 1)[1].split("<|im_end|>", 1)[0]
+    turn = first_assistant_turn(messages)
     assert turn.startswith("<think>\n")
     generated = turn.removeprefix("<think>\n")  # the generation prompt ends with "<think>\n"
     expected = [ReasoningDelta(reasoning.strip()), TextDelta(content.strip())]
