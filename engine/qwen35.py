@@ -267,4 +267,7 @@ class Qwen35:
 
 def _l2norm(x: np.ndarray, eps: float) -> np.ndarray:
     """x / sqrt(sum x^2 + eps) per head (the HF form; llama.cpp's max(|x|, eps) differs by ~eps)."""
-    return x / np.sqrt(np.sum(np.square(x), axis=-1, keepdims=True) + np.float32(eps))
+    norm = np.add.reduce(np.square(x), axis=-1, keepdims=True)
+    norm += np.float32(eps)
+    np.sqrt(norm, out=norm)
+    return x / norm
