@@ -32,29 +32,32 @@ class State:
         n_rec = len(c.recurrent_layer_ids)
         self.conv = [np.zeros((c.conv_kernel - 1, c.conv_channels), np.float32) for _ in range(n_rec)]
         self.ssm = [np.zeros((c.ssm_dt_rank, c.ssm_d_state, c.ssm_d_state), np.float32) for _ in range(n_rec)]
+        # KV buffers are head-major [n_kv, capacity, head_dim] so each head's keys are one contiguous
+        # matrix for BLAS; the public views (append_kv, snapshots) are [positions, n_kv, head_dim].
         n_attn = len(c.attention_layer_ids)
-        self._k = [np.zeros((0, c.n_kv_head, c.head_dim), np.float32) for _ in range(n_attn)]
-        self._v = [np.zeros((0, c.n_kv_head, c.head_dim), np.float32) for _ in range(n_attn)]
+        self._k = [np.zeros((c.n_kv_head, 0, c.head_dim), np.float32) for _ in range(n_attn)]
+        self._v = [np.zeros((c.n_kv_head, 0, c.head_dim), np.float32) for _ in range(n_attn)]
 
     def append_kv(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Write K/V for positions [position, position + len(k)); return views of all keys/values so far."""
+        """Write K/V [T, n_kv, d] for positions [position, position + T); return [end, n_kv, d] views of
+        all keys/values so far."""
         end = self.position + k.shape[0]
         buf_k, buf_v = self._k[layer], self._v[layer]
-        if end > buf_k.shape[0]:
-            cap = max(end, 2 * buf_k.shape[0], 256)
-            grown_k = np.empty((cap,) + buf_k.shape[1:], np.float32)
-            grown_v = np.empty((cap,) + buf_v.shape[1:], np.float32)
-            grown_k[: self.position] = buf_k[: self.position]
-            grown_v[: self.position] = buf_v[: self.position]
+        if end > buf_k.shape[1]:
+            cap = max(end, 2 * buf_k.shape[1], 256)
+            grown_k = np.empty((buf_k.shape[0], cap, buf_k.shape[2]), np.float32)
+            grown_v = np.empty_like(grown_k)
+            grown_k[:, : self.position] = buf_k[:, : self.position]
+            grown_v[:, : self.position] = buf_v[:, : self.position]
             self._k[layer], self._v[layer] = buf_k, buf_v = grown_k, grown_v
-        buf_k[self.position : end] = k
-        buf_v[self.position : end] = v
-        return buf_k[:end], buf_v[:end]
+        buf_k[:, self.position : end] = k.transpose(1, 0, 2)
+        buf_v[:, self.position : end] = v.transpose(1, 0, 2)
+        return buf_k[:, :end].transpose(1, 0, 2), buf_v[:, :end].transpose(1, 0, 2)
 
     @property
     def nbytes(self) -> int:
         rec = sum(a.nbytes for a in self.conv) + sum(a.nbytes for a in self.ssm)
-        kv = sum(k[: self.position].nbytes + v[: self.position].nbytes for k, v in zip(self._k, self._v))
+        kv = sum(k[:, : self.position].nbytes + v[:, : self.position].nbytes for k, v in zip(self._k, self._v))
         return rec + kv
 
     def snapshot(self) -> "Checkpoint":
@@ -65,7 +68,10 @@ class State:
             position=self.position,
             fingerprint=self.fingerprint,
             recurrent=tuple((_frozen(c), _frozen(s)) for c, s in zip(self.conv, self.ssm)),
-            kv=tuple((_readonly(k[: self.position]), _readonly(v[: self.position])) for k, v in zip(self._k, self._v)),
+            kv=tuple(
+                (_readonly(k[:, : self.position].transpose(1, 0, 2)), _readonly(v[:, : self.position].transpose(1, 0, 2)))
+                for k, v in zip(self._k, self._v)
+            ),
         )
 
     @classmethod
@@ -80,11 +86,12 @@ class State:
                 raise ValueError("checkpoint recurrent state shape does not match the model")
             state.conv[i] = conv.copy()
             state.ssm[i] = ssm.copy()
+        c = config
         for i, (k, v) in enumerate(ckpt.kv):
-            if k.shape != (ckpt.position,) + state._k[i].shape[1:] or v.shape != k.shape:
+            if k.shape != (ckpt.position, c.n_kv_head, c.head_dim) or v.shape != k.shape:
                 raise ValueError("checkpoint KV shape does not match the model or its position")
-            state._k[i] = k.copy()
-            state._v[i] = v.copy()
+            state._k[i] = np.ascontiguousarray(k.transpose(1, 0, 2), np.float32)
+            state._v[i] = np.ascontiguousarray(v.transpose(1, 0, 2), np.float32)
         state.position = ckpt.position
         return state
 

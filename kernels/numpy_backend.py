@@ -60,8 +60,9 @@ class NumpyBackend:
         return delta_rule_chunked(q, k, v, g, beta, state)
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Per KV head, 2-D matmuls on strided [L, d] views of the cache: numpy hands those to BLAS,
-        while stacked matmuls over the same views fall back to a loop ~20x slower at long context."""
+        """Per KV head, plain 2-D matmuls. numpy only uses BLAS when each head's [L, d] keys and
+        values are contiguous (the engine's KV buffers are head-major for that); strided operands
+        fall back to a loop that is 10-100x slower at long context."""
         t, h, d = q.shape
         length, hkv, _ = k.shape
         r = h // hkv  # query heads g*r .. g*r+r-1 share KV head g
@@ -70,7 +71,7 @@ class NumpyBackend:
         out = np.empty((t, h, d), np.float32)
         block = max(1, ATTN_SCORE_BUDGET // max(1, r * length))
         for g in range(hkv):
-            keys, values = k[:, g], v[:, g]
+            keys, values = np.ascontiguousarray(k[:, g]), np.ascontiguousarray(v[:, g])  # no copy for engine state
             for s in range(0, t, block):
                 e = min(t, s + block)
                 scores = (q[s:e, g * r : (g + 1) * r] * scale).reshape(-1, d) @ keys.T  # rows (query, head)
