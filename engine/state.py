@@ -90,8 +90,7 @@ class State:
         for i, (k, v) in enumerate(ckpt.kv):
             if k.shape != (ckpt.position, c.n_kv_head, c.head_dim) or v.shape != k.shape:
                 raise ValueError("checkpoint KV shape does not match the model or its position")
-            state._k[i] = np.ascontiguousarray(k.transpose(1, 0, 2), np.float32)
-            state._v[i] = np.ascontiguousarray(v.transpose(1, 0, 2), np.float32)
+            state._k[i], state._v[i] = _kv_buffer(k), _kv_buffer(v)
         state.position = ckpt.position
         return state
 
@@ -166,6 +165,16 @@ class Checkpoint:
             recurrent=tuple(pairs[:n_rec]),
             kv=tuple(pairs[n_rec:]),
         )
+
+
+RESTORE_HEADROOM = 4096  # free KV rows after a restore, so the next turn does not regrow (copy) the buffer
+
+
+def _kv_buffer(rows: np.ndarray) -> np.ndarray:
+    """Head-major buffer holding `rows` [positions, n_kv, d], with room to grow: one copy in total."""
+    buf = np.empty((rows.shape[1], rows.shape[0] + RESTORE_HEADROOM, rows.shape[2]), np.float32)
+    buf[:, : rows.shape[0]] = rows.transpose(1, 0, 2)
+    return buf
 
 
 def _readonly(view: np.ndarray) -> np.ndarray:
