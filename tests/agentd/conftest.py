@@ -100,12 +100,12 @@ def fake_loader(model: FakeModel, name: str = "fake-model") -> Callable[[], Load
 
 
 @pytest.fixture
-def serve_fake() -> Iterator[Callable[..., LiveServer]]:
-    """Factory: serve_fake(FakeModel(...), **ServeConfig fields) -> a ready LiveServer."""
+def serve_loader() -> Iterator[Callable[..., LiveServer]]:
+    """Factory: serve_loader(load, **ServeConfig fields) -> a ready LiveServer, closed after the test."""
     servers: list[LiveServer] = []
 
-    def start(model: FakeModel, **config: Any) -> LiveServer:
-        server = LiveServer(ServeConfig(port=0, **config), fake_loader(model))
+    def start(load: Callable[[], LoadedModel], **config: Any) -> LiveServer:
+        server = LiveServer(ServeConfig(port=0, **config), load)
         servers.append(server)
         server.wait_ready()
         return server
@@ -113,6 +113,12 @@ def serve_fake() -> Iterator[Callable[..., LiveServer]]:
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def serve_fake(serve_loader) -> Callable[..., LiveServer]:
+    """Factory: serve_fake(FakeModel(...), **ServeConfig fields) -> a ready LiveServer."""
+    return lambda model, **config: serve_loader(fake_loader(model), **config)
 
 
 @pytest.fixture(scope="session")

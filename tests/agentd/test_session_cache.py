@@ -7,12 +7,11 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
-from agentd.config import ServeConfig
 from agentd.loader import prepare
 from agentd.prefix_cache import PrefixCache
 from cache.session import DB_FILENAME
@@ -47,8 +46,8 @@ def ask(server: LiveServer, messages: list[dict[str, Any]]) -> tuple[list[str], 
 
 
 @pytest.fixture
-def servers(tmp_path) -> Iterator[Any]:
-    started: list[LiveServer] = []
+def servers(serve_loader) -> Any:
+    """Factory: servers(model, cache_dir=None (no cache), ram_mb, disk_mb, interval) -> LiveServer."""
 
     def start(model: Any, cache_dir: Path | None = None, ram_mb: int = 256, disk_mb: int = 256,
               interval: int = 2048) -> LiveServer:
@@ -59,14 +58,9 @@ def servers(tmp_path) -> Iterator[Any]:
             cache = PrefixCache.open(model, ram_mb, str(cache_dir), disk_mb, interval)
             return dataclasses.replace(loaded, cache=cache)
 
-        server = LiveServer(ServeConfig(port=0), load)
-        started.append(server)
-        server.wait_ready()
-        return server
+        return serve_loader(load)
 
-    yield start
-    for server in started:
-        server.close()
+    return start
 
 
 @pytest.fixture(params=["dense", "moe"])
