@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gguf
 import numpy as np
@@ -176,6 +176,9 @@ class GGUFFile:
             return default
         return self.metadata[key]
 
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_metadata(self.get, len(self.get("tokenizer.ggml.tokens", [])))
+
     def tensor_infos(self) -> list[TensorInfo]:
         return [TensorInfo(t.name, t.qtype.name, t.ne, t.nbytes) for t in self.tensors.values()]
 
@@ -234,10 +237,3 @@ def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _opt_int(v: Any) -> int | None:
     return None if v is None else int(v)
-
-
-def metadata_getter(f: GGUFFile) -> Callable[[str, Any], Any]:
-    def get(key: str, default: Any = ModelFormatError) -> Any:
-        return f.get(key, default)
-
-    return get

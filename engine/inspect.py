@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from engine.config import ModelConfig
-from engine.gguf_loader import GGUFFile, metadata_getter
+from engine.gguf_loader import GGUFFile
 
 
 def _mib(n: int) -> str:
@@ -15,7 +14,7 @@ def _mib(n: int) -> str:
 
 def describe(path: str | Path) -> str:
     f = GGUFFile(path)
-    c = ModelConfig.from_metadata(metadata_getter(f), len(f.get("tokenizer.ggml.tokens")))
+    c = f.model_config()
     kinds = "".join("R" if r else "A" for r in c.recurrent_layers)
     infos = f.tensor_infos()
     lines = [

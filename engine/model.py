@@ -9,7 +9,7 @@ import numpy as np
 
 from engine.chat_template import DEFAULT_TEMPLATE, ChatTemplate
 from engine.config import ModelConfig
-from engine.gguf_loader import GGUFFile, metadata_getter
+from engine.gguf_loader import GGUFFile
 from engine.qwen35 import Qwen35, load_weights
 from engine.state import Checkpoint, State
 from engine.tokenizer import Tokenizer
@@ -49,7 +49,7 @@ class Model:
 def load_model(path: str | Path, progress: bool = False, backend: Backend | None = None) -> Model:
     """Load a qwen35 / qwen35moe GGUF file. Raises engine.config.ModelFormatError naming any problem."""
     f = GGUFFile(path)
-    config = ModelConfig.from_metadata(metadata_getter(f), len(f.get("tokenizer.ggml.tokens", [])))
+    config = f.model_config()
     vocab = f.vocab()
     be = backend or NumpyBackend()
     bar = None
