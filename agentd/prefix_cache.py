@@ -82,7 +82,7 @@ class PrefixCache:
 
     def explain(self, prompt_ids: Sequence[int]) -> dict[str, Any]:
         """What a request with this prompt would reuse, and why not more (for /apply-template)."""
-        found = self.cache.lookup(prompt_ids)
+        found = self.cache.peek(prompt_ids)
         n, matched, cached = len(prompt_ids), found.num_matched_tokens, found.num_cached_tokens
         if cached == n - 1:
             reason = None

@@ -88,6 +88,23 @@ class SessionCache:
                 self._disk.touch(ram.checkpoint_id)
             return self._hit(state, matched, "ram")
 
+    def peek(self, tokens: Sequence[int] | np.ndarray) -> Lookup:
+        """What `lookup` would find (positions and tier only): no copy, no counters, no recency change.
+
+        A disk entry found damaged on an actual read would still be a miss there."""
+        tokens = as_tokens(tokens)
+        limit = len(tokens) - 1
+        with self._lock:
+            ram = self._ram.match(tokens, limit)
+            cached, matched = ram.num_cached_tokens, ram.num_matched_tokens
+            tier: Literal["ram", "disk"] | None = "ram" if ram.checkpoint_id is not None else None
+            if self._disk is not None:
+                disk = self._disk.match(tokens, limit)
+                matched = max(matched, disk.num_matched_tokens)
+                if disk.num_cached_tokens > cached:
+                    cached, tier = disk.num_cached_tokens, "disk"
+            return Lookup(None, cached, matched, tier)
+
     def store(self, tokens: Sequence[int] | np.ndarray, state: CachedState) -> None:
         """Keep `state`, the checkpoint after exactly `tokens` (len(tokens) == state.position >= 1).
 

@@ -139,3 +139,19 @@ def test_frozen_states_are_kept_without_copying(tmp_path):
     kept = cache._ram._entries[checkpoint_key(as_tokens(SESSION_B))]
     assert np.shares_memory(kept.recurrent[0][0], state.recurrent[0][0])
     cache.close()
+
+
+def test_peek_reports_the_lookup_without_copying_or_counting(tmp_path):
+    cache = SessionCache("fp", 1 << 30, tmp_path, 1 << 30, block_size=4)
+    tokens = list(range(40))
+    cache.store(tokens[:20], make_state(tokens[:20]))
+    probe = tokens[:30] + [999]
+    before = cache.stats()
+    peeked = cache.peek(probe)
+    assert cache.stats() == before
+    assert peeked.checkpoint is None
+    found = cache.lookup(probe)
+    assert (peeked.num_cached_tokens, peeked.num_matched_tokens, peeked.tier) == (
+        found.num_cached_tokens, found.num_matched_tokens, found.tier) == (20, 20, "ram")
+    assert cache.peek([7, 7, 7]).tier is None
+    cache.close()
