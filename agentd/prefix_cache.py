@@ -1,7 +1,7 @@
 """The runner's side of the session cache: engine checkpoints in, engine states out.
 
 `cache.SessionCache` stores engine-agnostic arrays; this adapter turns an engine `Checkpoint`
-into a `CachedState` and back, decides where checkpoints go (cache.policy) and explains misses.
+into a `CachedState` and a hit back into an engine `State`, decides where checkpoints go (cache.policy) and explains misses.
 All methods run on the model thread except `stats`/`entries`/`explain`, which only read.
 """
 
@@ -15,7 +15,6 @@ from typing import Any, Sequence
 
 from cache.policy import checkpoint_positions
 from cache.session import CachedState, SessionCache
-from engine.state import Checkpoint
 
 log = logging.getLogger("agentd.cache")
 
@@ -53,18 +52,19 @@ class PrefixCache:
         return cls(model, cache, interval)
 
     def restore(self, prompt_ids: Sequence[int]) -> Restored:
-        """A state for `prompt_ids`: restored from the deepest usable checkpoint, or fresh."""
-        found = self.cache.lookup(prompt_ids)
-        if found.checkpoint is None:
-            return Restored(self.model.new_state(), 0, found.num_matched_tokens, None)
-        c = found.checkpoint
-        ckpt = Checkpoint(position=c.position, fingerprint=self.model.fingerprint, recurrent=c.recurrent, kv=c.kv)
+        """A state for `prompt_ids`: restored from the deepest usable checkpoint, or fresh. The cache
+        assembles the checkpoint's KV straight into the new state's buffers (one copy)."""
+        state = self.model.new_state()
         try:
-            state = self.model.restore(ckpt)
+            found = self.cache.lookup(prompt_ids, kv_out=state.prepare_kv)
+            if found.checkpoint is not None:
+                state.resume(found.checkpoint.position, found.checkpoint.recurrent)
         except ValueError as exc:  # a layout the model does not accept: never trust it
             log.warning("cache entry unusable, recomputing: %s", exc)
-            return Restored(self.model.new_state(), 0, found.num_matched_tokens, None)
-        return Restored(state, c.position, found.num_matched_tokens, found.tier)
+            return Restored(self.model.new_state(), 0, 0, None)
+        if found.checkpoint is None:
+            return Restored(state, 0, found.num_matched_tokens, None)
+        return Restored(state, found.checkpoint.position, found.num_matched_tokens, found.tier)
 
     def positions(self, prompt_ids: Sequence[int], start: int) -> list[int]:
         """Checkpoint positions still ahead of `start` for this prompt."""

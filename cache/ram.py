@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,28 +66,67 @@ class CachedState:
             k.nbytes + v.nbytes for k, v in self.kv
         )
 
+
+
+KVOut = Callable[[int], Sequence[KVLayer]]  # position -> per attention layer writable (k, v) of that many rows
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """A checkpoint as the tiers hold it: KV split into full blocks (shared between checkpoints, named
+    by `block_ids`) and the rows past the last full block (`tail`). Arrays are immutable once a tier
+    holds them (see `frozen`); `copy` gives a caller its own `CachedState`."""
+
+    position: int
+    recurrent: tuple[tuple[np.ndarray, ...], ...]
+    block_ids: tuple[bytes, ...]
+    blocks: tuple[tuple[KVLayer, ...], ...]  # per block, per attention layer (k, v) rows
+    tail: tuple[KVLayer, ...]
+
+    @classmethod
+    def split(cls, tokens: np.ndarray, state: CachedState, block_size: int) -> StoredState:
+        """Views of `state` cut into blocks (no copy; `frozen` makes them the tier's own)."""
+        ids = tuple(block_ids(tokens, block_size))
+        blocks = tuple(
+            tuple((k[n * block_size : (n + 1) * block_size], v[n * block_size : (n + 1) * block_size]) for k, v in state.kv)
+            for n in range(len(ids))
+        )
+        grid = len(ids) * block_size
+        return cls(state.position, state.recurrent, ids, blocks, tuple((k[grid:], v[grid:]) for k, v in state.kv))
+
     def layout(self) -> tuple:
         """Dtypes and shapes that do not depend on the position; equal for all states of one model."""
         return (
             tuple(tuple((a.dtype.str, a.shape) for a in arrays) for arrays in self.recurrent),
-            tuple(tuple((a.dtype.str, a.shape[1:]) for a in pair) for pair in self.kv),
+            tuple(tuple((a.dtype.str, a.shape[1:]) for a in pair) for pair in self.tail),
         )
 
-    def frozen(self) -> CachedState:
-        """Same state whose arrays nobody else can change (copies unless already private read-only)."""
-        return CachedState(
+    def frozen(self) -> StoredState:
+        """Same checkpoint with arrays nobody else can change (copies only those that are not already)."""
+        return StoredState(
             self.position,
             tuple(tuple(_frozen(a) for a in arrays) for arrays in self.recurrent),
-            tuple((_frozen(k), _frozen(v)) for k, v in self.kv),
+            self.block_ids,
+            tuple(_frozen_kv(block) for block in self.blocks),
+            _frozen_kv(self.tail),
         )
 
-
-def assemble_kv(blocks: Sequence[Sequence[KVLayer]], tail: Sequence[KVLayer]) -> tuple[KVLayer, ...]:
-    """Per attention layer, the rows of all full blocks then the tail, as new arrays."""
-    return tuple(
-        (np.concatenate([b[layer][0] for b in blocks] + [k]), np.concatenate([b[layer][1] for b in blocks] + [v]))
-        for layer, (k, v) in enumerate(tail)
-    )
+    def copy(self, kv_out: KVOut | None = None) -> CachedState:
+        """The caller's own writable copy. KV is assembled in one pass, into `kv_out(position)`'s arrays
+        when given (e.g. the engine's own buffers, so a restore copies the KV exactly once)."""
+        layers = range(len(self.tail))
+        out = kv_out(self.position) if kv_out is not None else [(None, None) for _ in layers]
+        if len(out) != len(self.tail):
+            raise ValueError(f"{len(out)} KV layers to fill, the checkpoint has {len(self.tail)}")
+        kv = tuple(
+            (
+                np.concatenate([b[layer][0] for b in self.blocks] + [self.tail[layer][0]], out=out[layer][0]),
+                np.concatenate([b[layer][1] for b in self.blocks] + [self.tail[layer][1]], out=out[layer][1]),
+            )
+            for layer in layers
+        )
+        recurrent = tuple(tuple(a.copy() for a in arrays) for arrays in self.recurrent)
+        return CachedState(self.position, recurrent, kv)
 
 
 def _require_numeric(array: object, where: str) -> None:
@@ -95,11 +134,28 @@ def _require_numeric(array: object, where: str) -> None:
         raise ValueError(f"{where}: expected a numeric numpy array, got {type(array).__name__}")
 
 
+def _frozen_kv(layers: Sequence[KVLayer]) -> tuple[KVLayer, ...]:
+    return tuple((_frozen(k), _frozen(v)) for k, v in layers)
+
+
 def _frozen(array: np.ndarray) -> np.ndarray:
-    """A read-only array owning its data; arrays that already are one are taken as they are."""
-    if not array.flags.writeable and array.flags.owndata:
-        return array
-    return _private_copy(array)
+    """An array nobody can change; immutable arrays are taken as they are, others are copied."""
+    return array if _immutable(array) else _private_copy(array)
+
+
+def _immutable(array: np.ndarray) -> bool:
+    """Read-only, and so is the memory it views: read-only arrays owning their data (taken on the
+    promise that nobody makes them writable again) or a `bytes` object (e.g. a blob read from disk)."""
+    base: object = array
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        if base.base is None:
+            return True
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return isinstance(base, bytes)
 
 
 def _private_copy(array: np.ndarray) -> np.ndarray:
@@ -158,8 +214,11 @@ class RamTier:
     def match(self, tokens: Sequence[int] | np.ndarray, max_tokens: int | None = None) -> Match:
         return self._index.match(tokens, max_tokens)
 
-    def put(self, tokens: Sequence[int] | np.ndarray, state: CachedState) -> bool:
-        """Keep a copy of `state`, the checkpoint after exactly `tokens`; False if it cannot fit at all."""
+    def put(self, tokens: Sequence[int] | np.ndarray, state: CachedState | StoredState) -> bool:
+        """Keep `state`, the checkpoint after exactly `tokens`; False if it cannot fit at all.
+
+        Only what the tier does not hold yet is taken: new KV blocks, the tail and the recurrent
+        arrays, each copied unless it is already immutable (see `StoredState.frozen`)."""
         tokens = as_tokens(tokens)
         if len(tokens) != state.position:
             raise ValueError(f"state is at position {state.position} but {len(tokens)} tokens were given")
@@ -167,38 +226,48 @@ class RamTier:
         if key in self._entries:
             self.touch(key)
             return True
+        if isinstance(state, CachedState):
+            state = StoredState.split(tokens, state, self.block_size)
+        elif state.block_ids != tuple(block_ids(tokens, self.block_size)):
+            raise ValueError("stored state blocks do not match the tokens")
         self._check_layout(state)
-        ids = block_ids(tokens, self.block_size)
-        grid = len(ids) * self.block_size
         recurrent = tuple(tuple(_frozen(a) for a in arrays) for arrays in state.recurrent)
-        tail = tuple((_private_copy(k[grid:]), _private_copy(v[grid:])) for k, v in state.kv)
+        tail = _frozen_kv(state.tail)
         own_bytes = sum(a.nbytes for arrays in recurrent for a in arrays) + sum(k.nbytes + v.nbytes for k, v in tail)
-        if own_bytes + len(ids) * self._block_bytes > self.budget_bytes:
+        if own_bytes + len(state.block_ids) * self._block_bytes > self.budget_bytes:
             logger.debug("ram cache skip key=%s bytes=%d budget=%d", key, own_bytes, self.budget_bytes)
             return False
-        for number, block_id in enumerate(ids):
+        for block_id, block in zip(state.block_ids, state.blocks, strict=True):
             if block_id not in self._blocks:
-                rows = slice(number * self.block_size, (number + 1) * self.block_size)
-                self._blocks[block_id] = tuple((_private_copy(k[rows]), _private_copy(v[rows])) for k, v in state.kv)
+                self._check_block(block)
+                self._blocks[block_id] = _frozen_kv(block)
                 self._block_refs[block_id] = 0
                 self.nbytes += self._block_bytes
             self._block_refs[block_id] += 1
-        self._entries[key] = _Entry(state.position, recurrent, tuple(ids), tail, own_bytes)
+        self._entries[key] = _Entry(state.position, recurrent, state.block_ids, tail, own_bytes)
         self.nbytes += own_bytes
         self._index.insert(tokens, key)
         self.touch(key)
         self._evict(protect=key)
         return True
 
-    def get(self, key: str) -> CachedState | None:
-        """A fresh, writable copy of the checkpoint (the cache keeps its own), or None if absent."""
+    def stored(self, key: str) -> StoredState | None:
+        """The checkpoint as held (no copy: never write to it), or None if absent; marks it used."""
         entry = self._entries.get(key)
         if entry is None:
             return None
         self.touch(key)
-        kv = assemble_kv([self._blocks[block_id] for block_id in entry.block_ids], entry.tail)
-        recurrent = tuple(tuple(a.copy() for a in arrays) for arrays in entry.recurrent)
-        return CachedState(entry.position, recurrent, kv)
+        blocks = tuple(self._blocks[block_id] for block_id in entry.block_ids)
+        return StoredState(entry.position, entry.recurrent, entry.block_ids, blocks, entry.tail)
+
+    def block(self, block_id: bytes) -> tuple[KVLayer, ...] | None:
+        """A held KV block (no copy), so another tier need not read it again."""
+        return self._blocks.get(block_id)
+
+    def get(self, key: str, kv_out: KVOut | None = None) -> CachedState | None:
+        """A fresh, writable copy of the checkpoint (the cache keeps its own), or None if absent."""
+        stored = self.stored(key)
+        return None if stored is None else stored.copy(kv_out)
 
     def touch(self, key: str) -> None:
         """Mark a checkpoint and every checkpoint that is its prefix as just used."""
@@ -250,7 +319,7 @@ class RamTier:
             for _, prefix_key in self._index.chain(key):
                 require_invariant(order[prefix_key] >= order[key], "a prefix checkpoint is older than its extension")
 
-    def _check_layout(self, state: CachedState) -> None:
+    def _check_layout(self, state: StoredState) -> None:
         layout = state.layout()
         if self._layout is None:
             self._layout = layout
@@ -261,6 +330,12 @@ class RamTier:
             )
         elif layout != self._layout:
             raise ValueError(f"state layout {layout} differs from the cached states' {self._layout}")
+
+    def _check_block(self, block: Sequence[KVLayer]) -> None:
+        layout = tuple(tuple((a.dtype.str, a.shape) for a in pair) for pair in block)
+        expected = tuple(tuple((dtype, (self.block_size, *shape)) for dtype, shape in pair) for pair in self._layout[1])
+        if layout != expected:
+            raise ValueError(f"KV block layout {layout} differs from the cached states' {expected}")
 
     def _evict(self, protect: str) -> None:
         while self.nbytes > self.budget_bytes:

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from cache.radix import as_tokens, checkpoint_key
-from cache.ram import CachedState, RamTier
+from cache.ram import CachedState, KVOut, RamTier
 from cache.store import DiskStore
 
 __all__ = ["DB_FILENAME", "CachedState", "Lookup", "SessionCache"]
@@ -63,8 +63,11 @@ class SessionCache:
             self._disk = DiskStore(Path(disk_dir) / DB_FILENAME, fingerprint, disk_bytes, block_size)
         self._counts = {"lookups": 0, "hits_ram": 0, "hits_disk": 0, "misses": 0, "cached_tokens": 0, "stores": 0}
 
-    def lookup(self, tokens: Sequence[int] | np.ndarray) -> Lookup:
-        """The deepest cached checkpoint covering a proper prefix of `tokens` (a copy), or a miss."""
+    def lookup(self, tokens: Sequence[int] | np.ndarray, kv_out: KVOut | None = None) -> Lookup:
+        """The deepest cached checkpoint covering a proper prefix of `tokens` (a copy), or a miss.
+
+        With `kv_out` the KV is assembled straight into the arrays it returns for the position
+        (the engine's own buffers), so a hit copies the KV once; see `StoredState.copy`."""
         tokens = as_tokens(tokens)
         limit = len(tokens) - 1
         with self._lock:
@@ -76,14 +79,15 @@ class SessionCache:
                 matched = max(matched, disk.num_matched_tokens)
                 if disk.num_cached_tokens <= ram.num_cached_tokens:
                     break
-                state = self._disk.read(disk.checkpoint_id)  # None drops the entry, so this loop ends
-                if state is not None:
-                    self._ram.put(tokens[: state.position], state)
-                    return self._hit(state, matched, "disk")
+                # Blocks RAM holds are not read again; None drops the entry, so this loop ends.
+                stored = self._disk.read(disk.checkpoint_id, self._ram.block)
+                if stored is not None:
+                    self._ram.put(tokens[: stored.position], stored)
+                    return self._hit(stored.copy(kv_out), matched, "disk")
             if ram.checkpoint_id is None:
                 self._counts["misses"] += 1
                 return Lookup(None, 0, matched, None)
-            state = self._ram.get(ram.checkpoint_id)
+            state = self._ram.get(ram.checkpoint_id, kv_out)
             if self._disk is not None:
                 self._disk.touch(ram.checkpoint_id)
             return self._hit(state, matched, "ram")
@@ -108,7 +112,9 @@ class SessionCache:
     def store(self, tokens: Sequence[int] | np.ndarray, state: CachedState) -> None:
         """Keep `state`, the checkpoint after exactly `tokens` (len(tokens) == state.position >= 1).
 
-        Arrays that are read-only and own their data are kept as they are; others are copied.
+        Only what the cache lacks is copied (new KV blocks, the tail, the recurrent arrays; immutable
+        arrays not even those), so storing a long conversation's next checkpoint is cheap; the disk
+        tier writes RAM's copy.
         """
         tokens = as_tokens(tokens)
         if len(tokens) != state.position:
@@ -123,10 +129,9 @@ class SessionCache:
                 if self._disk is not None:
                     self._disk.touch(key)
                 return
-            frozen = state.frozen()
-            self._ram.put(tokens, frozen)
+            kept = self._ram.put(tokens, state)
             if self._disk is not None:
-                self._disk.write(tokens, frozen)
+                self._disk.write(tokens, self._ram.stored(key) if kept else state)
 
     def stats(self) -> dict:
         with self._lock:

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import sqlite_utils
@@ -41,7 +42,7 @@ from cache.radix import (
     checkpoint_key,
     require_invariant,
 )
-from cache.ram import CachedState, KVLayer, assemble_kv
+from cache.ram import CachedState, KVLayer, StoredState
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +254,16 @@ def _migrate(connection: sqlite3.Connection) -> None:
             connection.execute(f"PRAGMA user_version = {step + 1}")
 
 
+KnownBlock = Callable[[bytes], "tuple[KVLayer, ...] | None"]
+
+
+class _Row(NamedTuple):
+    """A KV block as read from the database, not yet verified."""
+
+    data: object
+    checksum: object
+
+
 class _Corrupt(Exception):
     """An entry that cannot be served; `bad_blocks` are KV blocks that are themselves damaged."""
 
@@ -319,8 +330,10 @@ class DiskStore:
         with self._index_lock:
             return self._index.match(tokens, max_tokens)
 
-    def read(self, key: str) -> CachedState | None:
-        """The checkpoint stored under `key` as fresh arrays, or None (absent, damaged or tier off).
+    def read(self, key: str, known_block: KnownBlock = lambda block_id: None) -> StoredState | None:
+        """The checkpoint stored under `key`, or None (absent, damaged or tier off). Its arrays are
+        read-only views of the blobs read; KV blocks `known_block` returns are used instead of being
+        read again (a restarted session's earlier blocks are usually in RAM already).
 
         Every None also drops `key` from the index, so retrying `match` always ends.
         """
@@ -329,7 +342,7 @@ class DiskStore:
             return None
         try:
             with self._read_lock:
-                row, blocks = self._fetch(key)
+                row, blocks = self._fetch(key, known_block)
         except sqlite3.Error as error:
             logger.warning("cache disk read failed key=%s error=%s", key, error)
             self._forget(key)  # a later match must not pick it again
@@ -348,11 +361,17 @@ class DiskStore:
         self.touch(key)
         return state
 
-    def write(self, tokens: Sequence[int] | np.ndarray, state: CachedState) -> None:
-        """Queue the checkpoint after exactly `tokens` for writing; dropped if the queue is full."""
+    def write(self, tokens: Sequence[int] | np.ndarray, state: CachedState | StoredState) -> None:
+        """Queue the checkpoint after exactly `tokens` for writing; dropped if the queue is full.
+
+        Arrays that are not immutable are copied first (the write happens later, on another thread)."""
         tokens = as_tokens(tokens).copy()
         if len(tokens) != state.position:
             raise ValueError(f"state is at position {state.position} but {len(tokens)} tokens were given")
+        if isinstance(state, CachedState):
+            state = StoredState.split(tokens, state, self.block_size)
+        elif state.block_ids != tuple(block_ids(tokens, self.block_size)):
+            raise ValueError("stored state blocks do not match the tokens")
         if self.degraded is None:
             self._submit(functools.partial(self._put, tokens, state.frozen()))
 
@@ -492,24 +511,31 @@ class DiskStore:
 
     # --- reading (caller thread) ----------------------------------------------------------------
 
-    def _fetch(self, key: str) -> tuple[tuple | None, dict[bytes, tuple]]:
+    def _fetch(self, key: str, known_block: KnownBlock) -> tuple[tuple | None, dict[bytes, Any]]:
+        """The checkpoint row and its KV blocks: known ones as given, others as (data, checksum) rows."""
         row = self._reader.execute(
             "SELECT position, tokens, block_ids, state, checksum FROM checkpoints WHERE fingerprint = ? AND key = ?",
             (self.fingerprint, key),
         ).fetchone()
         if row is None or not isinstance(row[2], bytes):
             return row, {}
-        ids = _split_ids(row[2])
-        blocks = {}
+        blocks: dict[bytes, Any] = {}
+        ids = []
+        for block_id in _split_ids(row[2]):
+            known = known_block(block_id)
+            if known is None:
+                ids.append(block_id)
+            else:
+                blocks[block_id] = known
         for start in range(0, len(ids), _SQL_CHUNK):
             chunk = ids[start : start + _SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
             query = f"SELECT id, data, checksum FROM kv_blocks WHERE fingerprint = ? AND id IN ({marks})"
             for block_id, data, checksum in self._reader.execute(query, (self.fingerprint, *chunk)):
-                blocks[block_id] = (data, checksum)
+                blocks[block_id] = _Row(data, checksum)
         return row, blocks
 
-    def _decode_entry(self, key: str, row: tuple, blocks: dict[bytes, tuple]) -> CachedState:
+    def _decode_entry(self, key: str, row: tuple, blocks: dict[bytes, Any]) -> StoredState:
         position, tokens, ids_blob, state_blob, checksum = row
         blobs = (tokens, ids_blob, state_blob, checksum)
         if not isinstance(position, int) or not all(isinstance(blob, bytes) for blob in blobs):
@@ -527,24 +553,24 @@ class DiskStore:
             raise _Corrupt(f"state blob: {error}") from None
         if stored_position != position:
             raise _Corrupt("state blob position differs from the row")
-        kv_blocks = [self._decode_block(i, blocks.get(i), len(tail)) for i in _split_ids(ids_blob)]
-        try:
-            recurrent = tuple(tuple(a.copy() for a in arrays) for arrays in recurrent)
-            return CachedState(position, recurrent, assemble_kv(kv_blocks, tail))
-        except ValueError as error:
-            raise _Corrupt(f"arrays do not fit together: {error}") from None
+        ids = tuple(_split_ids(ids_blob))
+        rows = tuple(tuple((a.dtype, (self.block_size, *a.shape[1:])) for a in pair) for pair in tail)
+        return StoredState(position, recurrent, ids, tuple(self._decode_block(i, blocks.get(i), rows) for i in ids), tail)
 
-    def _decode_block(self, block_id: bytes, stored: tuple | None, num_layers: int) -> tuple[KVLayer, ...]:
+    def _decode_block(self, block_id: bytes, stored: Any, rows: tuple) -> tuple[KVLayer, ...]:
+        """A block row checked and decoded (`rows`: per layer the (dtype, shape) of k and v), or a
+        block the caller already holds, as it is."""
         if stored is None:
             raise _Corrupt("a KV block is missing")
-        data, checksum = stored
-        if not isinstance(data, bytes) or _checksum(data) != checksum:
+        if not isinstance(stored, _Row):
+            return stored
+        if not isinstance(stored.data, bytes) or _checksum(stored.data) != stored.checksum:
             raise _Corrupt("KV block checksum mismatch", (block_id,))
         try:
-            kv = decode_block(data, self.fingerprint)
+            kv = decode_block(stored.data, self.fingerprint)
         except ValueError as error:
             raise _Corrupt(f"KV block: {error}", (block_id,)) from None
-        if len(kv) != num_layers or any(a.ndim < 1 or a.shape[0] != self.block_size for pair in kv for a in pair):
+        if tuple(tuple((a.dtype, a.shape) for a in pair) for pair in kv) != rows:
             raise _Corrupt("KV block has the wrong shape", (block_id,))
         return kv
 
@@ -584,7 +610,7 @@ class DiskStore:
             self.degraded = reason
             logger.warning("cache disk tier off, continuing RAM-only reason=%s", reason)
 
-    def _put(self, tokens: np.ndarray, state: CachedState) -> None:
+    def _put(self, tokens: np.ndarray, state: StoredState) -> None:
         key = checkpoint_key(tokens)
         connection = self._writer
         exists = connection.execute(
@@ -593,16 +619,14 @@ class DiskStore:
         if exists:
             self._touch(key)
             return
-        ids = block_ids(tokens, self.block_size)
+        ids = list(state.block_ids)
         stored_sizes = self._block_sizes(ids)
-        new_blocks: dict[bytes, bytes] = {}
-        for number, block_id in enumerate(ids):
-            if block_id not in stored_sizes:
-                rows = slice(number * self.block_size, (number + 1) * self.block_size)
-                new_blocks[block_id] = encode_block(self.fingerprint, [(k[rows], v[rows]) for k, v in state.kv])
-        grid = len(ids) * self.block_size
-        tail = [(k[grid:], v[grid:]) for k, v in state.kv]
-        state_blob = encode_state(self.fingerprint, state.position, state.recurrent, tail)
+        new_blocks = {
+            block_id: encode_block(self.fingerprint, block)
+            for block_id, block in zip(ids, state.blocks, strict=True)
+            if block_id not in stored_sizes
+        }
+        state_blob = encode_state(self.fingerprint, state.position, state.recurrent, state.tail)
         tokens_blob, ids_blob = tokens.tobytes(), b"".join(ids)
         own_bytes = len(tokens_blob) + len(ids_blob) + len(state_blob)
         new_bytes = sum(map(len, new_blocks.values()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,24 +75,44 @@ class State:
             ),
         )
 
+    def prepare_kv(self, position: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Fresh KV buffers for a restore to `position` (with room to grow); returns per attention
+        layer writable [position, n_kv, d] views for the caller to fill, then call `resume`."""
+        if self.position != 0:
+            raise ValueError("only a fresh state can be restored into")
+        c = self.config
+        views = []
+        for i in range(len(self._k)):
+            self._k[i], self._v[i] = (np.empty((c.n_kv_head, position + RESTORE_HEADROOM, c.head_dim), np.float32) for _ in "kv")
+            views.append((self._k[i][:, :position].transpose(1, 0, 2), self._v[i][:, :position].transpose(1, 0, 2)))
+        return views
+
+    def resume(self, position: int, recurrent: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Continue at `position` with these (conv, ssm) states (copied), the KV rows that
+        `prepare_kv(position)` handed out having been filled."""
+        if self.position != 0 or any(k.shape[1] < position for k in self._k):
+            raise ValueError(f"KV buffers were not prepared for position {position}")
+        if len(recurrent) != len(self.conv):
+            raise ValueError("checkpoint layer count does not match the model")
+        for i, (conv, ssm) in enumerate(recurrent):
+            if conv.shape != self.conv[i].shape or ssm.shape != self.ssm[i].shape:
+                raise ValueError("checkpoint recurrent state shape does not match the model")
+            self.conv[i] = np.array(conv, np.float32)
+            self.ssm[i] = np.array(ssm, np.float32)
+        self.position = position
+
     @classmethod
     def from_checkpoint(cls, config: ModelConfig, fingerprint: str, ckpt: "Checkpoint") -> "State":
         if ckpt.fingerprint != fingerprint:
             raise ValueError("checkpoint belongs to a different model (fingerprint mismatch)")
         state = cls(config, fingerprint)
-        if len(ckpt.recurrent) != len(state.conv) or len(ckpt.kv) != len(state._k):
+        if len(ckpt.kv) != len(state._k):
             raise ValueError("checkpoint layer count does not match the model")
-        for i, (conv, ssm) in enumerate(ckpt.recurrent):
-            if conv.shape != state.conv[i].shape or ssm.shape != state.ssm[i].shape:
-                raise ValueError("checkpoint recurrent state shape does not match the model")
-            state.conv[i] = conv.copy()
-            state.ssm[i] = ssm.copy()
-        c = config
-        for i, (k, v) in enumerate(ckpt.kv):
-            if k.shape != (ckpt.position, c.n_kv_head, c.head_dim) or v.shape != k.shape:
+        for (k_rows, v_rows), (k, v) in zip(state.prepare_kv(ckpt.position), ckpt.kv):
+            if k.shape != k_rows.shape or v.shape != k.shape:
                 raise ValueError("checkpoint KV shape does not match the model or its position")
-            state._k[i], state._v[i] = _kv_buffer(k), _kv_buffer(v)
-        state.position = ckpt.position
+            k_rows[...], v_rows[...] = k, v
+        state.resume(ckpt.position, ckpt.recurrent)
         return state
 
 
@@ -168,13 +189,6 @@ class Checkpoint:
 
 
 RESTORE_HEADROOM = 4096  # free KV rows after a restore, so the next turn does not regrow (copy) the buffer
-
-
-def _kv_buffer(rows: np.ndarray) -> np.ndarray:
-    """Head-major buffer holding `rows` [positions, n_kv, d], with room to grow: one copy in total."""
-    buf = np.empty((rows.shape[1], rows.shape[0] + RESTORE_HEADROOM, rows.shape[2]), np.float32)
-    buf[:, : rows.shape[0]] = rows.transpose(1, 0, 2)
-    return buf
 
 
 def _readonly(view: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cache.radix import as_tokens, checkpoint_key
-from cache.ram import CachedState, RamTier
+from cache.ram import CachedState, RamTier, StoredState
 
 RECURRENT_BYTES = 2 * (3 * 8 + 2 * 4 * 4) * 4  # two layers of (conv [3, 8], ssm [2, 4, 4]) float32
 KV_BYTES_PER_TOKEN = 2 * 2 * (2 * 4) * 4  # two layers of k and v, [2 heads, 4 dims] float32
@@ -23,7 +23,9 @@ def make_state(tokens) -> CachedState:
     return CachedState(len(tokens), recurrent, kv)
 
 
-def assert_same_state(actual: CachedState, expected: CachedState) -> None:
+def assert_same_state(actual: CachedState | StoredState, expected: CachedState) -> None:
+    if isinstance(actual, StoredState):
+        actual = actual.copy()
     assert actual.position == expected.position
     for got, want in zip(actual.recurrent, expected.recurrent, strict=True):
         for a, b in zip(got, want, strict=True):

@@ -70,6 +70,47 @@ def test_restart_serves_from_disk_then_from_ram(tmp_path):
     restarted.close()
 
 
+def test_a_disk_hit_reads_only_the_blocks_ram_lacks(tmp_path):
+    """After a restart, the next turn's deeper disk entry reuses the KV blocks RAM got on the turn before."""
+    cache = _cache(tmp_path)
+    longer = SESSION_A + list(range(500, 520))
+    _store(cache, SESSION_A, longer)
+    cache.close()
+    restarted = _cache(tmp_path)
+    assert restarted.lookup(SESSION_A + [5]).tier == "disk"
+    ram_blocks = dict(restarted._ram._blocks)
+    fetched = []
+    real_fetch = restarted._disk._fetch
+    restarted._disk._fetch = lambda key, known: fetched.append(real_fetch(key, known)) or fetched[-1]
+    hit = restarted.lookup(longer + [5])
+    assert (hit.tier, hit.num_cached_tokens) == ("disk", len(longer))
+    assert_same_state(hit.checkpoint, make_state(longer))
+    row, blocks = fetched[0]
+    assert all(blocks[block_id] is block for block_id, block in ram_blocks.items())  # taken from RAM
+    read = [block_id for block_id in blocks if block_id not in ram_blocks]
+    assert len(read) == len(longer) // 8 - len(SESSION_A) // 8  # only the new full blocks
+    restarted.sanity_check()
+    restarted.close()
+
+
+def test_lookup_assembles_the_kv_into_the_callers_arrays(tmp_path):
+    cache = _cache(tmp_path, disk=False)
+    _store(cache, SESSION_A)
+    buffers = []
+
+    def kv_out(position: int):  # per layer one buffer of k and v rows, with spare rows
+        buffers[:] = [np.full((2, position + 3, 2, 4), np.nan, np.float32) for _ in range(2)]
+        return [(buffer[0, :position], buffer[1, :position]) for buffer in buffers]
+
+    hit = cache.lookup(SESSION_A + [1], kv_out=kv_out)
+    assert_same_state(hit.checkpoint, make_state(SESSION_A))
+    for (k, v), buffer in zip(hit.checkpoint.kv, buffers, strict=True):
+        assert np.shares_memory(k, buffer) and np.shares_memory(v, buffer)
+    with pytest.raises(ValueError):  # a wrongly shaped destination is refused, not half-filled silently
+        cache.lookup(SESSION_A + [1], kv_out=lambda position: [(np.empty((position, 3, 4), np.float32),) * 2] * 2)
+    cache.close()
+
+
 def test_disk_serves_what_ram_evicted(tmp_path):
     state_bytes = make_state(SESSION_A).nbytes
     cache = _cache(tmp_path, ram_bytes=state_bytes + 100)  # RAM holds about one session
@@ -130,14 +171,20 @@ def test_store_clear_and_bad_input(tmp_path):
     assert _cache(tmp_path).lookup(SESSION_A + [1]).checkpoint is None
 
 
-def test_frozen_states_are_kept_without_copying(tmp_path):
+def test_immutable_arrays_are_kept_without_copying(tmp_path):
+    """Read-only arrays owning their memory, or viewing a bytes object, are kept; writable ones copied."""
     cache = _cache(tmp_path, disk=False)
-    state = make_state(SESSION_B).frozen()
-    assert all(not a.flags.writeable for layer in state.recurrent for a in layer)
-    assert state.frozen().recurrent[0][0] is state.recurrent[0][0]
+    state = make_state(SESSION_B)
+    owned, writable = state.recurrent[0]
+    owned.setflags(write=False)
+    conv = state.recurrent[1][0]
+    from_bytes = np.frombuffer(conv.tobytes(), conv.dtype).reshape(conv.shape)
+    state = CachedState(state.position, ((owned, writable), (from_bytes, state.recurrent[1][1])), state.kv)
     cache.store(SESSION_B, state)
     kept = cache._ram._entries[checkpoint_key(as_tokens(SESSION_B))]
-    assert np.shares_memory(kept.recurrent[0][0], state.recurrent[0][0])
+    assert np.shares_memory(kept.recurrent[0][0], owned)
+    assert np.shares_memory(kept.recurrent[1][0], from_bytes)
+    assert not np.shares_memory(kept.recurrent[0][1], writable)
     cache.close()
 
 

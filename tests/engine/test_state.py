@@ -57,6 +57,24 @@ def test_checkpoint_is_immutable_and_reusable(model):
     assert ckpt.nbytes == model.config.recurrent_state_bytes + 40 * model.config.kv_bytes_per_token
 
 
+def test_restore_by_filling_prepared_kv_buffers(tiny_model):
+    """`prepare_kv` + `resume` (how the session cache restores, one KV copy) equals `restore`."""
+    state = tiny_model.new_state()
+    tiny_model.forward(IDS[:70], state)
+    ckpt = state.snapshot()
+    filled = tiny_model.new_state()
+    for (k_rows, v_rows), (k, v) in zip(filled.prepare_kv(70), ckpt.kv, strict=True):
+        k_rows[...], v_rows[...] = k, v
+    filled.resume(70, ckpt.recurrent)
+    expected = tiny_model.forward(IDS[70:90], tiny_model.restore(ckpt))
+    np.testing.assert_array_equal(tiny_model.forward(IDS[70:90], filled), expected)
+    with pytest.raises(ValueError, match="fresh state"):
+        filled.prepare_kv(10)
+    unprepared = tiny_model.new_state()
+    with pytest.raises(ValueError, match="not prepared"):
+        unprepared.resume(70, ckpt.recurrent)
+
+
 def test_corrupt_checkpoints_are_refused(tiny_model):
     state = tiny_model.new_state()
     tiny_model.forward(IDS[:10], state)
