@@ -13,7 +13,8 @@ the openai SDK: streaming with `stream_options={"include_usage": True}`, tempera
 max_tokens (a few tokens: the point is prompt processing). Per request it records the prompt
 tokens and `usage.prompt_tokens_details.cached_tokens` the server reports, and the time to first
 token. On the CPU engine a full run takes hours (cache off re-processes every prompt); use
---turns, --trace and --modes for quick runs.
+--off-every to replay a sample of the requests without the cache, and --turns, --trace and
+--modes for quick runs.
 
 TTFT: seconds from sending the request to the first streamed chunk whose delta carries content,
 reasoning_content or tool_calls; a role-only first chunk does not count (a server may send it
@@ -27,7 +28,7 @@ request; with the cache off TTFT grows with the prompt. Traces that rewrite hist
 ("check_targets": false) report the same figures without a verdict.
 
     python scripts/bench_agent.py [--model PATH | --preset small] [--trace NAME]... [--turns N]
-        [--modes off,on,restart] [--port N] [--serve-arg=--cache-ram-mb=4096]... [--json OUT]
+        [--modes off,on,restart] [--off-every N] [--port N] [--serve-arg=--cache-ram-mb=4096]... [--json OUT]
 """
 
 from __future__ import annotations
@@ -240,6 +241,7 @@ class Result:
     ttft: float | None = None
     seconds: float | None = None
     error: str = ""
+    skipped: bool = False  # not replayed in this mode (see --off-every)
 
 
 def prompt_ids(daemon: Daemon, trace: Trace, turns: list[Turn]) -> list[list[int]] | None:
@@ -278,9 +280,23 @@ def warm_up(client: openai.OpenAI) -> None:
     client.chat.completions.create(model="agentd", messages=[{"role": "user", "content": "warm-up"}], max_tokens=1)
 
 
-def replay(client: openai.OpenAI, trace: Trace, turns: list[Turn], mode: str) -> list[Result]:
+def sampled(turns: list[Turn], every: int) -> set[int]:
+    """Indices of the requests mode off replays: every `every`-th, plus each session's first, second
+    and last (the TTFT comparison). Without a cache the requests are independent, so a sample shows
+    the same growth as the full replay, in a fraction of the time."""
+    keep = set(range(0, len(turns), every))
+    for session in {t.session for t in turns}:
+        mine = [i for i, t in enumerate(turns) if t.session == session]
+        keep.update(mine[:2] + mine[-1:])
+    return keep
+
+
+def replay(client: openai.OpenAI, trace: Trace, turns: list[Turn], mode: str, keep: set[int]) -> list[Result]:
     results = []
     for i, turn in enumerate(turns, 1):
+        if i - 1 not in keep:
+            results.append(Result(skipped=True))
+            continue
         result = request(client, trace.tools, turn)
         results.append(result)
         status = result.error or (f"prompt {result.prompt_tokens}, cached {result.cached_tokens}, "
@@ -342,12 +358,16 @@ def report(trace: Trace, turns: list[Turn], results: dict[str, list[Result]], re
         row = [str(i + 1)] + ([f"{turn.session} #{turn.number}"] if len(sessions) > 1 else [])
         row.append(_prompt_tokens([results[m][i] for m in modes]))
         row += [_num(reuse[i])] if reuse else []
-        row += ["ERR" if results[m][i].error else _num(results[m][i].cached_tokens) for m in modes]
-        row += ["ERR" if results[m][i].error else _num(results[m][i].ttft, 2) for m in modes]
+        row += [_cell(results[m][i], _num(results[m][i].cached_tokens)) for m in modes]
+        row += [_cell(results[m][i], _num(results[m][i].ttft, 2)) for m in modes]
         row += [turn.note] if notes else []
         out.append("| " + " | ".join(row) + " |")
     out += ["", *summary(trace, turns, results, reuse)]
     return "\n".join(out)
+
+
+def _cell(result: Result, value: str) -> str:
+    return "ERR" if result.error else "skip" if result.skipped else value
 
 
 def _prompt_tokens(row: list[Result]) -> str:
@@ -363,14 +383,16 @@ def summary(trace: Trace, turns: list[Turn], results: dict[str, list[Result]], r
            "| mode | prompt tokens | cached tokens | cached share | lowest per request | target |",
            "|---|---:|---:|---:|---:|---|"]
     for mode, rows in results.items():
-        ok = [i for i in later if not rows[i].error and rows[i].prompt_tokens]
+        replayed = [i for i in later if not rows[i].skipped]
+        ok = [i for i in replayed if not rows[i].error and rows[i].prompt_tokens]
         prompt = sum(rows[i].prompt_tokens for i in ok)
         cached = sum(rows[i].cached_tokens or 0 for i in ok)
         lowest = min((100 * (rows[i].cached_tokens or 0) / rows[i].prompt_tokens for i in ok), default=None)
         target = "-"
         if mode != "off" and verdict and ok:
             target = f">= {CACHED_SHARE_TARGET:.0%}: " + ("PASS" if cached >= CACHED_SHARE_TARGET * prompt else "FAIL")
-        errors = f" ({len(later) - len(ok)} failed)" if len(ok) < len(later) else ""
+        errors = f" ({len(replayed) - len(ok)} failed)" if len(ok) < len(replayed) else ""
+        errors += f" ({len(later) - len(replayed)} skipped)" if len(replayed) < len(later) else ""
         out.append(f"| {mode}{errors} | {prompt} | {cached} | {_pct(cached, prompt)} | "
                    f"{_num(lowest, 1)}{'%' if lowest is not None else ''} | {target} |")
     if reuse:
@@ -432,6 +454,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="extra argument for every `agentd serve`, e.g. --serve-arg=--cache-ram-mb=4096")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per request (default: %(default)s)")
     ap.add_argument("--start-timeout", type=float, default=600, help="seconds for a daemon to become healthy")
+    ap.add_argument("--off-every", type=int, default=1, metavar="N",
+                    help="mode off replays only every N-th request, plus each session's first, second and last "
+                    "(default: %(default)s, all; without a cache the requests are independent)")
     ap.add_argument("--json", type=Path, help="also write all measurements to this JSON file")
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
@@ -441,6 +466,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--modes restart needs 'on' as well: it restarts on the cache that mode 'on' filled")
     if args.turns is not None and args.turns < 1:
         ap.error("--turns must be at least 1")
+    if args.off_every < 1:
+        ap.error("--off-every must be at least 1")
     args.modes = [m for m in MODES if m in modes]
     return args
 
@@ -469,7 +496,8 @@ def run_trace(trace: Trace, args: argparse.Namespace, model: Path, flags: str, w
                 reuse = reusable(ids) if ids else []
             client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0, timeout=args.timeout)
             warm_up(client)
-            results[mode] = replay(client, trace, turns, mode)
+            keep = sampled(turns, args.off_every) if mode == "off" else set(range(len(turns)))
+            results[mode] = replay(client, trace, turns, mode, keep)
     print(report(trace, turns, results, reuse or None) + "\n", flush=True)
     described = [{"session": t.session, "number": t.number, "messages": len(t.messages), "note": t.note} for t in turns]
     return {"trace": trace.name, "turns": described,

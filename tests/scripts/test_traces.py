@@ -11,7 +11,7 @@ import pytest
 from engine.chat_template import DEFAULT_TEMPLATE, ChatTemplate
 from engine.tokenizer import Tokenizer
 from engine.vocab import qwen35_vocab
-from scripts.bench_agent import TRACE_DIR, Trace, TraceError, expand_turns, load_trace
+from scripts.bench_agent import TRACE_DIR, Trace, TraceError, expand_turns, load_trace, sampled
 
 TRACE_NAMES = ("coding_agent", "history_rewrite", "interleaved")
 MAX_FILE_BYTES = 1_500_000
@@ -180,3 +180,13 @@ def test_load_trace_rejects_a_file_without_turns(tmp_path: Path):
     path.write_text(json.dumps({"name": "t", "description": "", "tools": [], "turns": []}))
     with pytest.raises(TraceError, match="no turns"):
         load_trace(path)
+
+
+def test_off_mode_sample_keeps_what_the_verdict_compares(traces):
+    turns = traces["interleaved"].turns
+    keep = sampled(turns, 5)
+    for session in {t.session for t in turns}:
+        mine = [i for i, t in enumerate(turns) if t.session == session]
+        assert {mine[0], mine[1], mine[-1]} <= keep
+    assert set(range(0, len(turns), 5)) <= keep and len(keep) < len(turns)
+    assert sampled(turns, 1) == set(range(len(turns)))
