@@ -108,6 +108,7 @@ class Job:
         self.state: Any = None  # engine State, created on the first step
         self.num_computed_tokens = 0
         self.checkpoints: collections.deque[int] = collections.deque()  # positions still to store
+        self.stored_position = 0  # the state's deepest position the session cache holds
         self.generated: list[int] = []
         self._events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -255,13 +256,16 @@ class Runner:
             self._update_gauges()
             while self._active:
                 job = self._active.popleft()
-                if not job.cancelled:
-                    return job
+                if not job.cancelled or self._has_unstored_prefill(job):
+                    return job  # a cancelled one gets one more step: storing its prefill (see _step)
                 self._release(job)
             self._wakeup.clear()
             await self._wakeup.wait()
 
     def _deliver(self, job: Job, events: list[Event]) -> None:
+        if job.cancelled and not job.done and self._has_unstored_prefill(job):
+            self._active.append(job)  # one more step keeps its prompt processing (see _step)
+            return
         if job.cancelled or job.done:  # cancelled, or failed by fail_all() during its step
             self._release(job)
             return
@@ -280,6 +284,13 @@ class Runner:
             self._record(stats)
         job._events.put_nowait(event)
         self._release(job)
+
+    def _has_unstored_prefill(self, job: Job) -> bool:
+        """Prompt processing done but not yet in the session cache (kept when a client gives up
+        during a long prefill, so its retry resumes there)."""
+        if self.loaded is None or self.loaded.cache is None or job.state is None:
+            return False
+        return job.stored_position < job.state.position < len(job.request.prompt_ids)
 
     def _release(self, job: Job) -> None:
         job.done = True
@@ -323,7 +334,7 @@ class Runner:
             return
         restored = loaded.cache.restore(prompt)
         job.state = restored.state
-        job.num_computed_tokens = job.stats.num_cached_tokens = restored.num_cached_tokens
+        job.num_computed_tokens = job.stats.num_cached_tokens = job.stored_position = restored.num_cached_tokens
         job.stats.num_matched_tokens = restored.num_matched_tokens
         job.checkpoints = collections.deque(loaded.cache.positions(prompt, restored.num_cached_tokens))
         if restored.tier is not None:
@@ -341,13 +352,17 @@ class Runner:
         cache = self.require_ready().cache
         if cache is not None:
             cache.save(tokens[: job.state.position], job.state)
+            job.stored_position = job.state.position
 
     def _step(self, job: Job) -> list[Event]:
         """One prefill chunk or one decode step; returns the events it produced."""
         model = self.require_ready().model
+        prompt = job.request.prompt_ids
+        if job.cancelled:  # scheduled only to keep its prompt processing (_has_unstored_prefill)
+            self._store_checkpoint(job, prompt)
+            return []
         if job.state is None:
             self._begin(job)
-        prompt = job.request.prompt_ids
         if job.num_computed_tokens < len(prompt):
             chunk = prompt[job.num_computed_tokens : self._chunk_end(job)]
             logits = model.forward(chunk, job.state, last_only=True)

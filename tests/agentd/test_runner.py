@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from agentd.loader import prepare
+from agentd.prefix_cache import Restored
 from agentd.runner import Failed, Finished, GenerationRequest, NotReady, QueueFull, Runner, Token
 from engine.sampling import Sampler, SamplingParams
 from tests.agentd.fakes import FakeModel, text_reply
@@ -145,6 +147,50 @@ async def test_cancel_during_prefill(started):
     await asyncio.sleep(0.1)
     assert runner.num_jobs == 0
     assert model.tokens_consumed < 100  # stopped long before the 100-token prompt was done
+
+
+class RecordingCache:
+    """The runner's view of the session cache: always a miss, no checkpoint positions; records saves."""
+
+    def __init__(self, model: FakeModel):
+        self.model = model
+        self.saved: list[tuple[int, int]] = []  # (number of tokens, state position)
+
+    def restore(self, prompt_ids):
+        return Restored(self.model.new_state(), 0, 0, None)
+
+    def positions(self, prompt_ids, start):
+        return []
+
+    def save(self, tokens, state):
+        self.saved.append((len(tokens), state.position))
+
+    def close(self):
+        pass
+
+
+async def test_cancel_during_prefill_keeps_the_work_done_in_the_cache():
+    model = FakeModel(lambda ctx: "z", step_seconds=0.02)
+    cache = RecordingCache(model)
+    runner = Runner(lambda: dataclasses.replace(prepare(model, name="fake"), cache=cache),
+                    max_queue=8, max_active=4, prefill_chunk=2)
+    await runner.start()
+    assert await runner.wait_loaded()
+    try:
+        job = runner.submit(request(model, "p" * 100))
+        await asyncio.sleep(0.1)
+        runner.cancel(job)
+        await asyncio.sleep(0.1)
+        assert runner.num_jobs == 0
+        [(num_tokens, position)] = cache.saved  # one checkpoint where prompt processing stopped
+        assert num_tokens == position and 0 < position < 100 and position <= model.tokens_consumed
+        job = runner.submit(request(model, "q" * 10, max_tokens=3))
+        await job.next_event()
+        runner.cancel(job)  # cancelled while generating: nothing more to keep
+        await asyncio.sleep(0.1)
+        assert len(cache.saved) == 1 and runner.num_jobs == 0
+    finally:
+        await runner.stop()
 
 
 async def test_a_failing_step_fails_only_that_request(started):
