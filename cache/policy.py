@@ -5,7 +5,9 @@ where a later prompt of the same conversation is likely to diverge or to continu
 - before every message (`<|im_start|>`): end of system+tools, start of each user/tool turn,
   start of the assistant turn being generated;
 - every `interval` tokens inside long messages (a divergence mid-message loses at most that);
-- `tail` tokens before the prompt end (a client re-sending or editing its last message).
+- `tail` tokens before the prompt end (a client re-sending or editing its last message), unless
+  a checkpoint lies within 2 * `tail` of the end already (usually the one before the generation
+  prompt's `<|im_start|>`): each checkpoint splits prompt processing into one more model call.
 The end of generation is checkpointed by the runner itself.
 """
 
@@ -32,6 +34,6 @@ def checkpoint_positions(
     edges = [0, *boundaries, n]
     for start, end in zip(edges, edges[1:]):
         chosen.update(range(start + interval, end, interval))
-    if n - tail > 0:
+    if n - tail > 0 and not any(n - 2 * tail <= p < n for p in chosen):
         chosen.add(n - tail)
     return sorted(p for p in chosen if 0 < p < n)
