@@ -9,9 +9,10 @@ from typing import AsyncIterator, Callable
 from aiohttp import web
 
 from agentd.api import admin, anthropic, openai
-from agentd.api.common import CONFIG, RUNNER
+from agentd.api.common import CONFIG, RUNNER, TURNS
 from agentd.config import ServeConfig
 from agentd.errors import ApiError, Handler, error_middleware
+from agentd.history import GeneratedTurns
 from agentd.loader import LoadedModel
 from agentd.runner import Runner
 
@@ -45,6 +46,7 @@ def make_app(config: ServeConfig, runner: Runner) -> web.Application:
     )
     app[CONFIG] = config
     app[RUNNER] = runner
+    app[TURNS] = GeneratedTurns()  # replies as generated, for re-sent history (agentd.history)
     app.add_routes(ROUTES)
     app.cleanup_ctx.append(_run_runner)
     app.on_shutdown.append(_end_requests)

@@ -24,6 +24,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     cache_dir: str | None = None  # SQLite tier directory; None: $AGENTD_CACHE_DIR/sessions or ~/.cache/agentd/sessions
     cache_disk_mb: int = 16384  # SQLite tier budget (blob bytes); 0 disables the disk tier
     checkpoint_interval: int = 2048  # extra checkpoints every N tokens inside long messages
+    preserve_thinking: bool = False  # keep remembered reasoning of turns before the last user query
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_active", "prefill_chunk", "default_max_tokens", "max_body_bytes",

@@ -8,10 +8,13 @@ tool-call parser. Slow parts (rendering, tokenizing, grammar compilation): run i
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agentd.config import ServeConfig
+from agentd.history import MESSAGE_START, TURN_CLOSE, TURN_OPEN, GeneratedTurns, TurnFrame, last_query_index
 from agentd.loader import LoadedModel
 from agentd.output import TextPipeline
 from agentd.runner import GenerationRequest
@@ -71,7 +74,7 @@ class Plan:
 
 
 def render_chat(loaded: LoadedModel, chat: ChatInput) -> str:
-    """The prompt exactly as the model will see it (also served by /apply-template)."""
+    """The template's rendering of the conversation (the one place the template runs)."""
     kwargs = {k: v for k, v in chat.template_kwargs.items() if k not in _RESERVED_TEMPLATE_KWARGS}
     if chat.tool_choice.mode in ("required", "named") or chat.json_output:
         kwargs["enable_thinking"] = False  # the grammar must apply to the first generated token
@@ -83,10 +86,114 @@ def render_chat(loaded: LoadedModel, chat: ChatInput) -> str:
         raise PlanError(f"could not apply the chat template: {exc}", "messages") from exc
 
 
-def plan_chat(loaded: LoadedModel, config: ServeConfig, request_id: str, chat: ChatInput) -> Plan:
+@dataclass(frozen=True)
+class Prompt:
+    """What the model is given (ids) and their text."""
+
+    text: str
+    ids: list[int]
+
+
+def chat_prompt(
+    loaded: LoadedModel, chat: ChatInput, turns: GeneratedTurns | None = None, preserve_thinking: bool = False
+) -> Prompt:
+    """The prompt of a chat request, as text and ids (also served by /apply-template and
+    count_tokens). Assistant messages that `turns` remembers are put back as the ids they were
+    generated as: those the template renders with their reasoning (after the last user query),
+    and with `preserve_thinking` (the serve default, or the request's
+    chat_template_kwargs.preserve_thinking) the earlier ones too. Anything that cannot be
+    spliced exactly is rendered by the template alone."""
+    preserve = _preserve_thinking(chat, preserve_thinking)
+    text = render_chat(loaded, chat)
+    bodies = _remembered_bodies(chat.messages, turns, preserve) if turns is not None else {}
+    spliced = _splice(loaded, chat, text, bodies) if bodies else None
+    return spliced or Prompt(text, loaded.model.tokenizer.encode(text))
+
+
+def _preserve_thinking(chat: ChatInput, default: bool) -> bool:
+    value = chat.template_kwargs.get("preserve_thinking", default)
+    if not isinstance(value, bool):
+        raise PlanError(f"preserve_thinking must be true or false, got {value!r}", "chat_template_kwargs")
+    return value
+
+
+def _remembered_bodies(
+    messages: list[dict[str, Any]], turns: GeneratedTurns, preserve: bool
+) -> dict[int, list[int]]:
+    last_query = last_query_index(messages)
+    if last_query is None:
+        return {}
+    wanted = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and (preserve or i > last_query)]
+    return turns.bodies(messages, wanted)
+
+
+def _splice(loaded: LoadedModel, chat: ChatInput, plain: str, bodies: dict[int, list[int]]) -> Prompt | None:
+    """Render with each remembered turn replaced by a unique marker, cut the text at the turns'
+    frames and put the remembered ids between the pieces. None (render plainly) when the frame
+    is not where it must be, the pieces differ from the plain rendering outside the turns, or
+    the vocabulary would not split the ids exactly at the frame."""
+    tokenizer = loaded.model.tokenizer
+    frame = TurnFrame.of(tokenizer)
+    if frame is None:
+        return None
+    markers = {i: f"agentd-generated-turn-{secrets.token_hex(8)}" for i in bodies}
+    messages = [
+        {"role": "assistant", "content": markers[i]} if i in markers else m for i, m in enumerate(chat.messages)
+    ]
+    order = sorted(bodies)
+    pieces = _cut(render_chat(loaded, dataclasses.replace(chat, messages=messages)), [markers[i] for i in order])
+    if pieces is None or not _frames_the_same(plain, pieces):
+        return None
+    ids = tokenizer.encode(pieces[0])
+    texts = [pieces[0]]
+    for i, piece in zip(order, pieces[1:]):
+        piece_ids = tokenizer.encode(piece)
+        if tuple(ids[-len(frame.open_ids) :]) != frame.open_ids or piece_ids[:1] != [frame.close_id]:
+            return None
+        ids += bodies[i] + piece_ids
+        texts += [tokenizer.decode(bodies[i]), piece]
+    return Prompt("".join(texts), ids)
+
+
+def _cut(marked: str, markers: list[str]) -> list[str] | None:
+    """The text around each marked turn's body: pieces[k] ends with the turn opening and
+    pieces[k + 1] starts with its closing. None when a marker is not alone in its turn."""
+    pieces, start = [], 0
+    for marker in markers:
+        at = marked.find(marker, start)
+        if at < 0 or marked.count(marker) != 1:
+            return None
+        opening, end = marked.rfind(TURN_OPEN, start, at), at + len(marker)
+        if opening < 0 or not marked.startswith(TURN_CLOSE, end):
+            return None
+        body_start = opening + len(TURN_OPEN)
+        scaffold = marked[body_start:at]  # e.g. the empty think block of a turn shown with reasoning
+        if MESSAGE_START in scaffold or TURN_CLOSE in scaffold:
+            return None
+        pieces.append(marked[start:body_start])
+        start = end
+    return pieces + [marked[start:]]
+
+
+def _frames_the_same(plain: str, pieces: list[str]) -> bool:
+    """Whether `plain` is the pieces with one turn body (no message marker in it) between each two."""
+    if not plain.startswith(pieces[0]):
+        return False
+    at = len(pieces[0])
+    for piece in pieces[1:]:
+        end = plain.find(TURN_CLOSE, at)
+        if end < 0 or MESSAGE_START in plain[at:end] or not plain.startswith(piece, end):
+            return False
+        at = end + len(piece)
+    return at == len(plain)
+
+
+def plan_chat(
+    loaded: LoadedModel, config: ServeConfig, request_id: str, chat: ChatInput, turns: GeneratedTurns | None = None
+) -> Plan:
     _check_tool_choice(chat)
-    prompt = render_chat(loaded, chat)
-    prompt_ids = loaded.model.tokenizer.encode(prompt)
+    prompt = chat_prompt(loaded, chat, turns, config.preserve_thinking)
+    prompt_ids = prompt.ids
     room = _room(loaded, prompt_ids)
     mode = _effective_tool_mode(chat)
     constraint = _constraint(loaded, chat, mode)
@@ -94,14 +201,14 @@ def plan_chat(loaded: LoadedModel, config: ServeConfig, request_id: str, chat: C
     pipeline = TextPipeline(
         loaded.model.tokenizer,
         stops=chat.stops,
-        start_in_reasoning=prompt.rstrip().endswith("<think>"),
+        start_in_reasoning=prompt.text.rstrip().endswith("<think>"),
         tool_parser=parser,
         max_tool_calls=config.max_tool_calls if chat.tool_choice.parallel else 1,
     )
     request = _generation_request(
         config, request_id, prompt_ids, room, chat.sampling, chat.max_tokens, chat.num_top_logprobs, constraint
     )
-    return Plan(prompt, request, pipeline)
+    return Plan(prompt.text, request, pipeline)
 
 
 @dataclass(frozen=True)

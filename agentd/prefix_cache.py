@@ -84,9 +84,9 @@ class PrefixCache:
         """What a request with this prompt would reuse, and why not more (for /apply-template)."""
         found = self.cache.peek(prompt_ids)
         n, matched, cached = len(prompt_ids), found.num_matched_tokens, found.num_cached_tokens
-        if cached == n - 1:
+        if cached == n - 1 or matched <= cached:  # everything the prompt shares with the cache is reused
             reason = None
-        elif matched < n - 1 and matched >= cached:
+        elif matched < n - 1:
             tokenizer = self.model.tokenizer
             context = tokenizer.decode(list(prompt_ids[max(0, matched - 8) : matched + 8]))
             reason = (

@@ -55,6 +55,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="extra checkpoints every N tokens inside long messages (default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--no-cache", action="store_true", help="disable the session cache")
+    p.add_argument(
+        "--preserve-thinking", action="store_true",
+        help="keep the reasoning this server generated in assistant turns before the last user message "
+        "(the chat template drops it), so a new user message does not invalidate the cached tool loop "
+        "before it; costs context tokens and shows the model old reasoning it was not trained to see. "
+        "Requests override it with chat_template_kwargs.preserve_thinking",
+    )  # fmt: skip
     p.add_argument("--verbose", action="store_true", help="debug logging")
 
 
@@ -74,6 +81,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         cache_dir=args.cache_dir,
         cache_disk_mb=args.cache_disk_mb,
         checkpoint_interval=args.checkpoint_interval,
+        preserve_thinking=args.preserve_thinking,
     )
 
 

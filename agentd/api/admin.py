@@ -11,10 +11,10 @@ from aiohttp import web
 from msgspec import Struct
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from agentd.api.common import RUNNER, decode_body, loaded_model
+from agentd.api.common import CONFIG, RUNNER, TURNS, decode_body, loaded_model
 from agentd.api.openai_wire import ChatCompletionRequest, chat_input, decode_chat, encode
 from agentd.errors import ApiError, invalid_request
-from agentd.plan import PlanError, render_chat
+from agentd.plan import PlanError, chat_prompt
 
 _STARTED = int(time.time())
 
@@ -110,16 +110,17 @@ async def detokenize(request: web.Request) -> web.Response:
 
 
 async def apply_template(request: web.Request) -> web.Response:
-    """The prompt a chat request would be rendered to: compare two turns to see where reuse ends."""
+    """The prompt a chat request would be rendered to: compare two turns to see where reuse ends.
+    Remembered assistant turns are in it as generated (agentd.history), as in the real request."""
     req: ChatCompletionRequest = await decode_body(request, decode_chat)
     loaded = loaded_model(request)
+    turns, preserve = request.app[TURNS], request.app[CONFIG].preserve_thinking
     try:
-        prompt = await asyncio.to_thread(render_chat, loaded, chat_input(req))
+        prompt = await asyncio.to_thread(chat_prompt, loaded, chat_input(req), turns, preserve)
     except PlanError as exc:
         raise invalid_request(str(exc), param=exc.param) from exc
-    ids = await asyncio.to_thread(loaded.model.tokenizer.encode, prompt)
-    cache = None if loaded.cache is None else await asyncio.to_thread(loaded.cache.explain, ids)
-    return _json({"prompt": prompt, "num_tokens": len(ids), "cache": cache})
+    cache = None if loaded.cache is None else await asyncio.to_thread(loaded.cache.explain, prompt.ids)
+    return _json({"prompt": prompt.text, "num_tokens": len(prompt.ids), "cache": cache})
 
 
 async def cache_info(request: web.Request) -> web.Response:

@@ -49,10 +49,10 @@ from agentd.api.anthropic_wire import (
     event_name,
     prompt_input,
 )
-from agentd.api.common import CONFIG, admitted, decode_body, loaded_model, log_request, make_plan
+from agentd.api.common import CONFIG, TURNS, TurnRecorder, admitted, decode_body, loaded_model, log_request, make_plan
 from agentd.errors import ApiError, invalid_request
 from agentd.output import Done, KeepAlive, OutputEvent, output_events
-from agentd.plan import ChatInput, ContextOverflow, Plan, PlanError, plan_chat, render_chat
+from agentd.plan import ChatInput, ContextOverflow, Plan, PlanError, chat_prompt, plan_chat
 from agentd.runner import Failed, Job, Token
 from tools.events import ReasoningDelta, TextDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 
@@ -67,15 +67,17 @@ async def messages(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     chat = _converted(chat_input, req)
     message_id = "msg_" + uuid.uuid4().hex[:24]
+    turns = request.app[TURNS]
     try:
-        plan = await make_plan(lambda: plan_chat(loaded, config, message_id, chat))
+        plan = await make_plan(lambda: plan_chat(loaded, config, message_id, chat, turns))
     except ContextOverflow as exc:  # the wording Claude Code reacts to by compacting its history
         raise invalid_request(f"prompt is too long: {exc.num_tokens} tokens > {exc.n_ctx - 1} maximum") from exc
     reply = _Reply(message_id, req.model or loaded.name, loaded.model.tokenizer, chat.stops)
     async with admitted(request, plan) as job:
+        recorder = TurnRecorder(turns, loaded.model.tokenizer, chat, job, tool_use_id)
         if req.stream:
-            return await _stream(request, job, plan, config.keepalive_seconds, reply)
-        return await _collect(job, plan, reply)
+            return await _stream(request, job, plan, config.keepalive_seconds, reply, recorder)
+        return await _collect(job, plan, reply, recorder)
 
 
 async def count_tokens(request: web.Request) -> web.Response:
@@ -83,11 +85,17 @@ async def count_tokens(request: web.Request) -> web.Response:
     req = await decode_body(request, decode_count_tokens)
     loaded = loaded_model(request)
     chat = _converted(prompt_input, req)
+    turns, preserve = request.app[TURNS], request.app[CONFIG].preserve_thinking
     try:
-        num_tokens = await asyncio.to_thread(lambda: len(loaded.model.tokenizer.encode(render_chat(loaded, chat))))
+        num_tokens = len((await asyncio.to_thread(chat_prompt, loaded, chat, turns, preserve)).ids)
     except PlanError as exc:
         raise invalid_request(str(exc), param=exc.param) from exc
     return web.Response(body=encode(TokenCount(num_tokens)), content_type="application/json")
+
+
+def tool_use_id(call_id: str) -> str:
+    """The Anthropic id of a parsed tool call."""
+    return "toolu_" + call_id.removeprefix("call_")
 
 
 def _converted(convert: Callable[[Any], ChatInput], req: Any) -> ChatInput:
@@ -145,8 +153,7 @@ class _Blocks:
         if isinstance(event, ReasoningDelta):
             return self._ensure(ThinkingOut) + [ContentBlockDelta(self.index, ThinkingDeltaOut(event.text))]
         if isinstance(event, ToolCallStart):
-            call_id = "toolu_" + event.id.removeprefix("call_")
-            return self._open(ToolUseOut(call_id, event.name, {}))
+            return self._open(ToolUseOut(tool_use_id(event.id), event.name, {}))
         if isinstance(event, ToolCallArgsDelta):
             return [ContentBlockDelta(self.index, InputJsonDeltaOut(event.fragment))]
         if isinstance(event, ToolCallEnd):
@@ -207,7 +214,9 @@ async def _send(response: web.StreamResponse, events: list[StreamEvent]) -> None
         await sse.send_event(response, encode(event), event_name(event))
 
 
-async def _stream(request: web.Request, job: Job, plan: Plan, keepalive: float, reply: _Reply) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, job: Job, plan: Plan, keepalive: float, reply: _Reply, recorder: TurnRecorder
+) -> web.StreamResponse:
     response = await sse.open_stream(request)
     blocks = _Blocks()
     started = False
@@ -224,6 +233,7 @@ async def _stream(request: web.Request, job: Job, plan: Plan, keepalive: float, 
             if not started:
                 started = True
                 await _send(response, [reply.start(job)])
+            recorder.observe(event)  # before the last event: the client may send the next turn at once
             if isinstance(event, Token):
                 reply.add(event)
             elif isinstance(event, Done):
@@ -243,7 +253,7 @@ async def _stream(request: web.Request, job: Job, plan: Plan, keepalive: float, 
     return response
 
 
-async def _collect(job: Job, plan: Plan, reply: _Reply) -> web.Response:
+async def _collect(job: Job, plan: Plan, reply: _Reply, recorder: TurnRecorder) -> web.Response:
     blocks = _Blocks()
     message = _MessageBuilder()
     outcome: Done | Failed | str = "disconnected"
@@ -256,6 +266,7 @@ async def _collect(job: Job, plan: Plan, reply: _Reply) -> web.Response:
             else:
                 for block_event in blocks.event(event):
                     message.apply(block_event)
+            recorder.observe(event)
         for block_event in blocks.close():
             message.apply(block_event)
     except Exception:

@@ -1,4 +1,5 @@
-"""What every handler shares: typed app state, body decoding, runner errors, the request log line."""
+"""What every handler shares: typed app state, body decoding, runner errors, the request log line,
+and the recording of generated chat turns."""
 
 from __future__ import annotations
 
@@ -8,21 +9,26 @@ import logging
 import re
 import time
 import uuid
-from typing import AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from agentd.config import ServeConfig
 from agentd.errors import ApiError, invalid_request
+from agentd.history import GeneratedTurns, TurnFrame
 from agentd.loader import LoadedModel
-from agentd.output import Done
-from agentd.plan import Plan, PlanError
-from agentd.runner import Failed, Job, NotReady, QueueFull, Runner
+from agentd.output import Done, OutputEvent
+from agentd.plan import ChatInput, Plan, PlanError
+from agentd.runner import Failed, Job, NotReady, QueueFull, Runner, Token
+from tools.events import Event as ParsedEvent
+from tools.events import collect
 
 CONFIG = web.AppKey("config", ServeConfig)
 RUNNER = web.AppKey("runner", Runner)
+TURNS = web.AppKey("turns", GeneratedTurns)
 
+log = logging.getLogger("agentd")
 request_log = logging.getLogger("agentd.request")
 
 T = TypeVar("T")
@@ -101,3 +107,52 @@ def log_request(endpoint: str, request_id: str, job: Job, outcome: Done | Failed
         "-" if tps is None else f"{tps:.1f}",
         finish,
     )
+
+
+class TurnRecorder:
+    """Watches one chat completion's events and, when it ends normally, remembers the reply as
+    returned with the ids it was generated as (agentd.history). Only when the runner finished the
+    job with exactly the ids the reply was made of, and no stop string cut the text: otherwise
+    the ids go on past what the client got."""
+
+    def __init__(
+        self, turns: GeneratedTurns, tokenizer: Any, chat: ChatInput, job: Job, call_id: Callable[[str], str] = str
+    ):
+        self._turns = turns
+        self._tokenizer = tokenizer
+        self._chat = chat
+        self._job = job
+        self._call_id = call_id  # the id the client saw for a parsed call's id
+        self._ids: list[int] = []
+        self._parsed: list[ParsedEvent] = []
+
+    def observe(self, event: OutputEvent) -> None:
+        if isinstance(event, Token):
+            self._ids.append(event.token_id)
+        elif isinstance(event, Done):
+            self._record()
+        elif isinstance(event, ParsedEvent):
+            self._parsed.append(event)
+
+    def _record(self) -> None:
+        job = self._job
+        if not job.done or job.cancelled or job.generated != self._ids:
+            return
+        text = self._tokenizer.decode(self._ids)
+        if any(stop and stop in text for stop in self._chat.stops):
+            return
+        frame = TurnFrame.of(self._tokenizer)
+        prefix = frame.body(job.request.prompt_ids) if frame is not None else None
+        if prefix is None:
+            return
+        try:
+            turn = collect(self._parsed)
+        except ValueError:  # events out of order: remember nothing rather than something wrong
+            log.exception("request %s: reply events out of order", job.request.request_id)
+            return
+        calls = [
+            {"id": self._call_id(c.id), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in turn.tool_calls
+        ]
+        reply = {"role": "assistant", "content": turn.content, "reasoning_content": turn.reasoning, "tool_calls": calls}
+        self._turns.record(self._chat.messages, reply, prefix + self._ids)

@@ -16,7 +16,17 @@ from typing import Any, Callable, Protocol
 from aiohttp import web
 
 from agentd import sse
-from agentd.api.common import CONFIG, admitted, decode_body, loaded_model, log_request, make_plan, new_id
+from agentd.api.common import (
+    CONFIG,
+    TURNS,
+    TurnRecorder,
+    admitted,
+    decode_body,
+    loaded_model,
+    log_request,
+    make_plan,
+    new_id,
+)
 from agentd.api.openai_wire import (
     AssistantMessage,
     ChatCompletion,
@@ -58,14 +68,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     chat = _converted(chat_input, req)
     request_id = new_id("chatcmpl")
-    plan = await _plan(lambda: plan_chat(loaded, config, request_id, chat), "messages")
+    turns = request.app[TURNS]
+    plan = await _plan(lambda: plan_chat(loaded, config, request_id, chat, turns), "messages")
     logprobs = _Logprobs(loaded.model.tokenizer, chat.num_top_logprobs is not None)
     reply = _Reply(request_id, req.model or loaded.name, logprobs)
     async with admitted(request, plan) as job:
+        recorder = TurnRecorder(turns, loaded.model.tokenizer, chat, job)
         if req.stream:
             chunks = _ChatChunks(reply, job, _include_usage(req.stream_options))
-            return await _stream(request, job, plan, config.keepalive_seconds, chunks, "chat")
-        return await _collect(job, plan, _ChatBody(reply, job), "chat")
+            return await _stream(request, job, plan, config.keepalive_seconds, chunks, "chat", recorder)
+        return await _collect(job, plan, _ChatBody(reply, job), "chat", recorder)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -194,7 +206,13 @@ class _Body(Protocol):
 
 
 async def _stream(
-    request: web.Request, job: Job, plan: Plan, keepalive: float, chunks: _Chunks, endpoint: str
+    request: web.Request,
+    job: Job,
+    plan: Plan,
+    keepalive: float,
+    chunks: _Chunks,
+    endpoint: str,
+    recorder: TurnRecorder | None = None,
 ) -> web.StreamResponse:
     response = await sse.open_stream(request)
     outcome: Done | Failed | str = "disconnected"
@@ -208,6 +226,8 @@ async def _stream(
                 outcome = event
                 await sse.send_event(response, _error_event(event.message))
             else:
+                if recorder is not None:  # before the last chunk: the client may send the next turn at once
+                    recorder.observe(event)
                 for data in chunks.done(event) if isinstance(event, Done) else chunks.event(event):
                     await sse.send_event(response, data)
                 if isinstance(event, Done):
@@ -224,7 +244,9 @@ async def _stream(
     return response
 
 
-async def _collect(job: Job, plan: Plan, body: _Body, endpoint: str) -> web.Response:
+async def _collect(
+    job: Job, plan: Plan, body: _Body, endpoint: str, recorder: TurnRecorder | None = None
+) -> web.Response:
     outcome: Done | Failed | str = "disconnected"
     try:
         async for event in output_events(job, plan.pipeline):
@@ -232,6 +254,8 @@ async def _collect(job: Job, plan: Plan, body: _Body, endpoint: str) -> web.Resp
                 outcome = event
             else:
                 body.event(event)
+            if recorder is not None:
+                recorder.observe(event)
     except Exception:
         outcome = "error"
         raise  # the error middleware answers 500 and logs the traceback
