@@ -42,7 +42,8 @@ def load(config: ServeConfig, progress: bool = True) -> LoadedModel:
     if not config.cache_enabled:
         return loaded
     cache = PrefixCache.open(
-        model, config.cache_ram_mb, config.cache_dir, config.cache_disk_mb, config.checkpoint_interval
+        model, config.cache_ram_mb, config.cache_dir, config.cache_disk_mb, config.checkpoint_interval,
+        max_live=config.max_active,
     )
     return dataclasses.replace(loaded, cache=cache)
 

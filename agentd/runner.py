@@ -376,9 +376,21 @@ class Runner:
             logits = model.forward(job.generated[-1:], job.state, last_only=True)
             job.num_computed_tokens += 1
         events = self._sample(job, np.asarray(logits[-1], dtype=np.float32))
-        if events and isinstance(events[-1], Finished) and job.state.position > len(prompt):
-            self._store_checkpoint(job, prompt + job.generated)  # the end of generation
+        if events and isinstance(events[-1], Finished):
+            self._end(job)
         return events
+
+    def _end(self, job: Job) -> None:
+        """Store the end of generation, then hand the state to the cache to keep live: the next
+        turn of this conversation restores into it, its KV rows already in place."""
+        cache = self.require_ready().cache
+        if cache is None:
+            return
+        tokens = (job.request.prompt_ids + job.generated)[: job.state.position]
+        if job.state.position > len(job.request.prompt_ids):
+            self._store_checkpoint(job, tokens)
+        cache.keep_live(tokens, job.state)
+        job.state = None
 
     def _sample(self, job: Job, logits: np.ndarray) -> list[Event]:
         request = job.request

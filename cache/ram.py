@@ -111,23 +111,31 @@ class StoredState:
             _frozen_kv(self.tail),
         )
 
-    def copy(self, kv_out: KVOut | None = None) -> CachedState:
+    def copy(self, kv_out: KVOut | None = None, start: int = 0) -> CachedState:
         """The caller's own writable copy. KV is assembled in one pass, into `kv_out(position)`'s arrays
-        when given (e.g. the engine's own buffers, so a restore copies the KV exactly once)."""
+        when given (e.g. the engine's own buffers, so a restore copies the KV at most once); rows
+        before `start` are left as they are there (the caller holds them already)."""
+        if kv_out is None and start:
+            raise ValueError("rows before `start` can only be kept in the caller's own arrays")
         layers = range(len(self.tail))
         out = kv_out(self.position) if kv_out is not None else [(None, None) for _ in layers]
         if len(out) != len(self.tail):
             raise ValueError(f"{len(out)} KV layers to fill, the checkpoint has {len(self.tail)}")
-        kv = tuple(
-            (
-                np.concatenate([b[layer][0] for b in self.blocks] + [self.tail[layer][0]], out=out[layer][0]),
-                np.concatenate([b[layer][1] for b in self.blocks] + [self.tail[layer][1]], out=out[layer][1]),
-            )
-            for layer in layers
-        )
+        kv = tuple(tuple(self._rows(layer, i, start, out[layer][i]) for i in (0, 1)) for layer in layers)
         recurrent = tuple(tuple(a.copy() for a in arrays) for arrays in self.recurrent)
         return CachedState(self.position, recurrent, kv)
 
+    def _rows(self, layer: int, which: int, start: int, out: np.ndarray | None) -> np.ndarray:
+        """Rows start..position of k (which=0) or v (1) of one layer, written into out[start:]."""
+        tail = self.tail[layer][which]
+        block_size = (self.position - tail.shape[0]) // len(self.blocks) if self.blocks else 1
+        first = min(start // block_size, len(self.blocks))
+        parts = [b[layer][which] for b in self.blocks[first:]] + [tail]
+        parts[0] = parts[0][start - first * block_size :]
+        if out is None:
+            return np.concatenate(parts)
+        np.concatenate(parts, out=out[start:])
+        return out
 
 def _require_numeric(array: object, where: str) -> None:
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
@@ -264,10 +272,10 @@ class RamTier:
         """A held KV block (no copy), so another tier need not read it again."""
         return self._blocks.get(block_id)
 
-    def get(self, key: str, kv_out: KVOut | None = None) -> CachedState | None:
+    def get(self, key: str) -> CachedState | None:
         """A fresh, writable copy of the checkpoint (the cache keeps its own), or None if absent."""
         stored = self.stored(key)
-        return None if stored is None else stored.copy(kv_out)
+        return None if stored is None else stored.copy()
 
     def touch(self, key: str) -> None:
         """Mark a checkpoint and every checkpoint that is its prefix as just used."""

@@ -63,11 +63,13 @@ class SessionCache:
             self._disk = DiskStore(Path(disk_dir) / DB_FILENAME, fingerprint, disk_bytes, block_size)
         self._counts = {"lookups": 0, "hits_ram": 0, "hits_disk": 0, "misses": 0, "cached_tokens": 0, "stores": 0}
 
-    def lookup(self, tokens: Sequence[int] | np.ndarray, kv_out: KVOut | None = None) -> Lookup:
+    def lookup(self, tokens: Sequence[int] | np.ndarray, kv_out: KVOut | None = None, kv_held: int = 0) -> Lookup:
         """The deepest cached checkpoint covering a proper prefix of `tokens` (a copy), or a miss.
 
         With `kv_out` the KV is assembled straight into the arrays it returns for the position
-        (the engine's own buffers), so a hit copies the KV once; see `StoredState.copy`."""
+        (the engine's own buffers), so a hit copies the KV once; rows before `kv_held` are not
+        copied at all: the caller's arrays hold them already (KV of the same tokens, e.g. a live
+        state of the same conversation). See `StoredState.copy`."""
         tokens = as_tokens(tokens)
         limit = len(tokens) - 1
         with self._lock:
@@ -83,11 +85,12 @@ class SessionCache:
                 stored = self._disk.read(disk.checkpoint_id, self._ram.block)
                 if stored is not None:
                     self._ram.put(tokens[: stored.position], stored)
-                    return self._hit(stored.copy(kv_out), matched, "disk")
+                    return self._hit(stored.copy(kv_out, min(kv_held, stored.position)), matched, "disk")
             if ram.checkpoint_id is None:
                 self._counts["misses"] += 1
                 return Lookup(None, 0, matched, None)
-            state = self._ram.get(ram.checkpoint_id, kv_out)
+            stored = self._ram.stored(ram.checkpoint_id)
+            state = stored.copy(kv_out, min(kv_held, stored.position))
             if self._disk is not None:
                 self._disk.touch(ram.checkpoint_id)
             return self._hit(state, matched, "ram")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,28 +64,37 @@ class State:
 
     def snapshot(self) -> "Checkpoint":
         """Recurrent states are copied; KV rows below `position` are shared as read-only views,
-        which is safe because a State only ever writes rows at or after its position (so a
-        snapshot costs O(recurrent state), not O(prompt length))."""
+        which is safe because a State only writes rows below its position when no view of them is
+        alive (see `prepare_kv`), so a snapshot costs O(recurrent state), not O(prompt length)."""
+        kv = tuple(
+            (_readonly(k[:, : self.position].transpose(1, 0, 2)), _readonly(v[:, : self.position].transpose(1, 0, 2)))
+            for k, v in zip(self._k, self._v)
+        )
         return Checkpoint(
             position=self.position,
             fingerprint=self.fingerprint,
             recurrent=tuple((_frozen(c), _frozen(s)) for c, s in zip(self.conv, self.ssm)),
-            kv=tuple(
-                (_readonly(k[:, : self.position].transpose(1, 0, 2)), _readonly(v[:, : self.position].transpose(1, 0, 2)))
-                for k, v in zip(self._k, self._v)
-            ),
+            kv=kv,
         )
 
-    def prepare_kv(self, position: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Fresh KV buffers for a restore to `position` (with room to grow); returns per attention
-        layer writable [position, n_kv, d] views for the caller to fill, then call `resume`."""
-        if self.position != 0:
-            raise ValueError("only a fresh state can be restored into")
+    def prepare_kv(self, position: int, keep: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+        """KV buffers for a restore to `position` (with room to grow) that keep this state's first
+        `keep` rows (the caller made sure they are the KV of the same tokens); returns per attention
+        layer writable [position, n_kv, d] views for the caller to fill from row `keep` on. Until
+        `resume` the state is unusable. Rows a live snapshot still shares are never written: the
+        buffer is copied instead (so a snapshot stays valid however the state is reused)."""
+        if not 0 <= keep <= min(position, self.position):
+            raise ValueError(f"cannot keep {keep} of {self.position} rows for a restore to {position}")
         c = self.config
         views = []
         for i in range(len(self._k)):
-            self._k[i], self._v[i] = (np.empty((c.n_kv_head, position + RESTORE_HEADROOM, c.head_dim), np.float32) for _ in "kv")
+            if keep == 0 or self._k[i].shape[1] < position or _viewed(self._k, i) or _viewed(self._v, i):
+                for bufs in (self._k, self._v):
+                    grown = np.empty((c.n_kv_head, position + RESTORE_HEADROOM, c.head_dim), np.float32)
+                    grown[:, :keep] = bufs[i][:, :keep]
+                    bufs[i] = grown
             views.append((self._k[i][:, :position].transpose(1, 0, 2), self._v[i][:, :position].transpose(1, 0, 2)))
+        self.position = 0
         return views
 
     def resume(self, position: int, recurrent: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -189,6 +199,13 @@ class Checkpoint:
 
 
 RESTORE_HEADROOM = 4096  # free KV rows after a restore, so the next turn does not regrow (copy) the buffer
+
+
+def _viewed(buffers: list[np.ndarray], i: int) -> bool:
+    """Whether anything besides the list holds buffers[i]: numpy views (snapshots, slices of them)
+    keep a reference to the array owning the memory, so a count above the list's own and the
+    call's argument means a view is alive (CPython reference counting)."""
+    return sys.getrefcount(buffers[i]) > 2
 
 
 def _readonly(view: np.ndarray) -> np.ndarray:

@@ -36,3 +36,45 @@ def test_explain_gives_a_reason_only_when_a_divergence_costs_reuse(tiny_model):
     edited = cache.explain(IDS[:150] + [7] * 100)  # differs at 150: only the deepest checkpoint before it
     assert edited["num_cached_tokens"] == 0 and edited["num_matched_tokens"] >= 128
     assert "diverges" in edited["miss_reason"] and str(edited["num_matched_tokens"]) in edited["miss_reason"]
+
+
+def _forwarded(model, tokens):
+    state = model.new_state()
+    model.forward(tokens, state)
+    return state
+
+
+def test_the_next_turn_restores_into_the_previous_turns_live_state(tiny_model):
+    """The checkpoint at 200 lies within what the live state (200 shared tokens, then its own reply)
+    holds: its KV rows stay, only the recurrent state comes from the cache."""
+    cache = _cache_with(tiny_model, IDS[:200])
+    previous_turn = [*IDS[:200], 11, 12, 13]
+    live = _forwarded(tiny_model, previous_turn)
+    cache.keep_live(previous_turn, live)
+    restored = cache.restore(IDS[:260])
+    assert restored.state is live and restored.num_cached_tokens == 200
+    expected = tiny_model.forward(IDS[:260], tiny_model.new_state())[200:]
+    np.testing.assert_allclose(tiny_model.forward(IDS[200:260], restored.state), expected, atol=1e-4)
+    assert cache.restore(IDS[:260]).state is not live  # taken out of the pool
+
+
+def test_a_live_state_sharing_less_than_the_checkpoint_gets_the_missing_rows(tiny_model):
+    cache = _cache_with(tiny_model, IDS[:200])
+    live_tokens = [*IDS[:150], 5, 5, 5]
+    live = _forwarded(tiny_model, live_tokens)
+    cache.keep_live(live_tokens, live)
+    restored = cache.restore(IDS[:260])
+    assert restored.state is live and restored.num_cached_tokens == 200
+    expected = tiny_model.forward(IDS[:260], tiny_model.new_state())[200:]
+    np.testing.assert_allclose(tiny_model.forward(IDS[200:260], restored.state), expected, atol=1e-4)
+
+
+def test_a_live_state_without_a_usable_checkpoint_stays_live(tiny_model):
+    cache = _cache_with(tiny_model, IDS[:200])
+    live_tokens = [*IDS[100:130]]
+    live = _forwarded(tiny_model, live_tokens)
+    cache.keep_live(live_tokens, live)
+    miss = cache.restore([*IDS[100:120], 9, 9])  # shares 20 tokens with the live state, no checkpoint
+    assert miss.num_cached_tokens == 0 and miss.state is not live and miss.state.position == 0
+    assert cache.restore([*IDS[100:120], 9, 9]).state is not live
+    assert cache._live and cache._live[0][1] is live and live.position == 30  # untouched

@@ -68,11 +68,33 @@ def test_restore_by_filling_prepared_kv_buffers(tiny_model):
     filled.resume(70, ckpt.recurrent)
     expected = tiny_model.forward(IDS[70:90], tiny_model.restore(ckpt))
     np.testing.assert_array_equal(tiny_model.forward(IDS[70:90], filled), expected)
-    with pytest.raises(ValueError, match="fresh state"):
-        filled.prepare_kv(10)
+    with pytest.raises(ValueError, match="cannot keep"):
+        filled.prepare_kv(100, keep=95)  # more rows than the state holds
     unprepared = tiny_model.new_state()
     with pytest.raises(ValueError, match="not prepared"):
         unprepared.resume(70, ckpt.recurrent)
+
+
+def test_reusing_a_live_state_keeps_its_rows_and_never_changes_a_snapshot(tiny_model):
+    """A finished turn's state restored to an earlier checkpoint keeps its own KV rows (no copy), but
+    copies the buffer instead while a snapshot (or any view) of it is alive."""
+    at_40 = tiny_model.new_state()
+    tiny_model.forward(IDS[:40], at_40)
+    ckpt_40 = at_40.snapshot()
+    expected = tiny_model.forward(IDS[40:70], tiny_model.restore(ckpt_40))
+    for hold_snapshot in (False, True):
+        live = tiny_model.new_state()
+        tiny_model.forward([*IDS[:40], *[5] * 20], live)  # same first 40 tokens, then something else
+        snapshot = live.snapshot() if hold_snapshot else None
+        before = None if snapshot is None else snapshot.kv[0][0].copy()
+        buffer = id(live._k[0])  # an id, not a reference: a reference would count as a view
+        views = live.prepare_kv(40, keep=40)
+        assert all(k.shape[0] == 40 for k, _ in views)
+        live.resume(40, ckpt_40.recurrent)
+        assert (id(live._k[0]) == buffer) is not hold_snapshot
+        np.testing.assert_allclose(tiny_model.forward(IDS[40:70], live), expected, atol=1e-5)
+        if snapshot is not None:
+            np.testing.assert_array_equal(snapshot.kv[0][0], before)
 
 
 def test_corrupt_checkpoints_are_refused(tiny_model):
