@@ -60,6 +60,8 @@ def clear(cache_dir: Path) -> int:
         con.execute("BEGIN IMMEDIATE")
         removed = con.execute("DELETE FROM checkpoints").rowcount
         con.execute("DELETE FROM kv_blocks")
+        if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'kv_block_refs'").fetchone():  # schema 2 on
+            con.execute("DELETE FROM kv_block_refs")
         con.execute("COMMIT")
         con.execute("VACUUM")
     finally:

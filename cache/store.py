@@ -1,8 +1,10 @@
 """Disk tier: checkpoints in SQLite so sessions survive a restart.
 
 Layout: table `checkpoints` (one row per checkpoint: its tokens, the ids of its full KV blocks, its
-recurrent arrays + KV tail, a checksum) and table `kv_blocks` (one row per full block of attention
-KV, shared by reference count). Rows are keyed by the model fingerprint, so models never read each
+recurrent arrays + KV tail, a checksum), table `kv_blocks` (one row per full block of attention
+KV) and table `kv_block_refs` (each block's reference count and size, apart from its data: SQLite
+rewrites a whole row on update, so counting in the block's own row rewrote every block of a
+checkpoint each time one was stored). Rows are keyed by the model fingerprint, so models never read each
 other's state; blobs carry the cache format version and fingerprint in a header.
 
 Failure policy: the disk tier is an optimisation, so it never raises to its caller. A corrupt,
@@ -215,7 +217,21 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
     )
 
 
-_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_schema_v1,)
+def _schema_v2(db: sqlite_utils.Database) -> None:
+    """Reference counts and sizes move out of the block rows (see the module docstring)."""
+    db["kv_block_refs"].create(
+        {"fingerprint": str, "id": bytes, "refcount": int, "nbytes": int},
+        pk=("fingerprint", "id"),
+        not_null=["refcount", "nbytes"],
+    )
+    db.execute(
+        "INSERT INTO kv_block_refs (fingerprint, id, refcount, nbytes)"
+        " SELECT fingerprint, id, refcount, length(data) FROM kv_blocks"
+    )
+    db["kv_blocks"].transform(drop={"refcount"})
+
+
+_MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_schema_v1, _schema_v2)
 
 
 class _SchemaTooNew(RuntimeError):
@@ -428,10 +444,16 @@ class DiskStore:
             for fingerprint, ids in connection.execute("SELECT fingerprint, block_ids FROM checkpoints"):
                 for block_id in _split_ids(ids):
                     refs[fingerprint, block_id] = refs.get((fingerprint, block_id), 0) + 1
-            blocks = connection.execute("SELECT fingerprint, id, refcount FROM kv_blocks")
-            for fingerprint, block_id, refcount in blocks:
+            blocks = connection.execute(
+                "SELECT r.fingerprint, r.id, r.refcount, r.nbytes = length(b.data)"
+                " FROM kv_block_refs r LEFT JOIN kv_blocks b USING (fingerprint, id)"
+            )
+            for fingerprint, block_id, refcount, size_right in blocks:
                 require_invariant(refcount > 0, "an unreferenced KV block was kept")
                 require_invariant(refs.get((fingerprint, block_id)) == refcount, "KV block refcount is wrong")
+                require_invariant(size_right == 1, "a KV block's data is missing or its size is wrong")
+            counted = connection.execute("SELECT (SELECT COUNT(*) FROM kv_blocks) - (SELECT COUNT(*) FROM kv_block_refs)")
+            require_invariant(counted.fetchone()[0] == 0, "a KV block has no reference count")
             require_invariant(self._count_bytes(connection) == self.nbytes, "nbytes differs from the blob lengths")
             usable = {key for (key,) in connection.execute(*self._usable_rows("key"))}
         require_invariant(self.nbytes <= self.budget_bytes, f"nbytes {self.nbytes} over budget {self.budget_bytes}")
@@ -506,7 +528,7 @@ class DiskStore:
         checkpoints = connection.execute(
             "SELECT COALESCE(SUM(length(tokens) + length(block_ids) + length(state)), 0) FROM checkpoints"
         ).fetchone()[0]
-        blocks = connection.execute("SELECT COALESCE(SUM(length(data)), 0) FROM kv_blocks").fetchone()[0]
+        blocks = connection.execute("SELECT COALESCE(SUM(nbytes), 0) FROM kv_block_refs").fetchone()[0]
         return checkpoints + blocks
 
     # --- reading (caller thread) ----------------------------------------------------------------
@@ -636,11 +658,15 @@ class DiskStore:
         self._clock += 1
         with _transaction(connection):
             connection.executemany(
-                "INSERT INTO kv_blocks (fingerprint, id, data, checksum, refcount) VALUES (?, ?, ?, ?, 0)",
+                "INSERT INTO kv_blocks (fingerprint, id, data, checksum) VALUES (?, ?, ?, ?)",
                 [(self.fingerprint, block_id, data, _checksum(data)) for block_id, data in new_blocks.items()],
             )
             connection.executemany(
-                "UPDATE kv_blocks SET refcount = refcount + 1 WHERE fingerprint = ? AND id = ?",
+                "INSERT INTO kv_block_refs (fingerprint, id, refcount, nbytes) VALUES (?, ?, 0, ?)",
+                [(self.fingerprint, block_id, len(data)) for block_id, data in new_blocks.items()],
+            )
+            connection.executemany(
+                "UPDATE kv_block_refs SET refcount = refcount + 1 WHERE fingerprint = ? AND id = ?",
                 [(self.fingerprint, block_id) for block_id in ids],
             )
             connection.execute(
@@ -661,7 +687,7 @@ class DiskStore:
         for start in range(0, len(ids), _SQL_CHUNK):
             chunk = ids[start : start + _SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT id, length(data) FROM kv_blocks WHERE fingerprint = ? AND id IN ({marks})"
+            query = f"SELECT id, nbytes FROM kv_block_refs WHERE fingerprint = ? AND id IN ({marks})"
             sizes.update(self._writer.execute(query, (self.fingerprint, *chunk)))
         return sizes
 
@@ -691,14 +717,10 @@ class DiskStore:
             ids_blob, freed = rows[0]
             for block_id in _split_ids(ids_blob):
                 connection.execute(
-                    "UPDATE kv_blocks SET refcount = refcount - 1 WHERE fingerprint = ? AND id = ?",
+                    "UPDATE kv_block_refs SET refcount = refcount - 1 WHERE fingerprint = ? AND id = ?",
                     (fingerprint, block_id),
                 )
-                gone = connection.execute(
-                    "DELETE FROM kv_blocks WHERE fingerprint = ? AND id = ? AND refcount <= 0 RETURNING length(data)",
-                    (fingerprint, block_id),
-                ).fetchall()
-                freed += sum(length for (length,) in gone)
+                freed += _delete_block(connection, fingerprint, block_id, "AND refcount <= 0")
         self.nbytes -= freed
 
     def _discard(self, key: str, bad_blocks: tuple[bytes, ...]) -> None:
@@ -707,11 +729,7 @@ class DiskStore:
         freed = 0
         with _transaction(connection):
             for block_id in bad_blocks:
-                gone = connection.execute(
-                    "DELETE FROM kv_blocks WHERE fingerprint = ? AND id = ? RETURNING length(data)",
-                    (self.fingerprint, block_id),
-                ).fetchall()
-                freed += sum(length for (length,) in gone)
+                freed += _delete_block(connection, self.fingerprint, block_id)
         self.nbytes -= freed
         self._delete(self.fingerprint, key)
 
@@ -727,9 +745,20 @@ class DiskStore:
         with _transaction(connection):
             connection.execute("DELETE FROM checkpoints WHERE fingerprint = ?", (self.fingerprint,))
             connection.execute("DELETE FROM kv_blocks WHERE fingerprint = ?", (self.fingerprint,))
+            connection.execute("DELETE FROM kv_block_refs WHERE fingerprint = ?", (self.fingerprint,))
         self.nbytes = self._count_bytes(connection)
         with self._index_lock:
             self._index.clear()
+
+
+def _delete_block(connection: sqlite3.Connection, fingerprint: str, block_id: bytes, condition: str = "") -> int:
+    """Delete a KV block (when `condition` on its reference count holds); returns the bytes freed."""
+    gone = connection.execute(
+        f"DELETE FROM kv_block_refs WHERE fingerprint = ? AND id = ? {condition} RETURNING nbytes", (fingerprint, block_id)
+    ).fetchall()
+    if gone:
+        connection.execute("DELETE FROM kv_blocks WHERE fingerprint = ? AND id = ?", (fingerprint, block_id))
+    return sum(size for (size,) in gone)
 
 
 def _split_ids(blob: bytes) -> list[bytes]:

@@ -97,7 +97,7 @@ def test_kv_blocks_of_a_common_prefix_are_stored_once(tmp_path):
         disk.sanity_check()
         sizes[name] = disk.nbytes
         disk.close()
-    refcounts = sorted(_rows(tmp_path / "both.db", "SELECT refcount, length(data) FROM kv_blocks"))
+    refcounts = sorted(_rows(tmp_path / "both.db", "SELECT refcount, nbytes FROM kv_block_refs"))
     assert [count for count, _ in refcounts] == [1, 2, 2]
     shared = sum(length for count, length in refcounts if count == 2)
     assert sizes["both"] == sizes["a"] + sizes["b"] - shared
@@ -123,7 +123,7 @@ def _with_format(blob: bytes, version: int) -> bytes:
 
 
 def _own_block(path: Path) -> bytes:
-    return _rows(path, "SELECT id FROM kv_blocks WHERE refcount = 1")[0][0]
+    return _rows(path, "SELECT id FROM kv_block_refs WHERE refcount = 1")[0][0]
 
 
 DAMAGE = {
@@ -288,6 +288,28 @@ def test_a_damaged_file_is_replaced_and_a_newer_schema_is_left_alone(tmp_path, c
     newer.close()
     assert _rows(path, "PRAGMA user_version") == [(99,)]
     assert len(_rows(path, "SELECT key FROM checkpoints")) == 1
+
+
+def test_a_schema_1_database_is_migrated_without_losing_entries(tmp_path):
+    """Schema 1 kept reference counts in the block rows; opening it moves them out, entries stay."""
+    path = tmp_path / "old.db"
+    _filled(path, A, B)
+    connection = sqlite3.connect(path, isolation_level=None)  # turn it back into what schema 1 wrote
+    connection.executescript(
+        "BEGIN; ALTER TABLE kv_blocks ADD COLUMN refcount INTEGER NOT NULL DEFAULT 0;"
+        " UPDATE kv_blocks SET refcount = (SELECT refcount FROM kv_block_refs r"
+        "  WHERE r.fingerprint = kv_blocks.fingerprint AND r.id = kv_blocks.id);"
+        " DROP TABLE kv_block_refs; PRAGMA user_version = 1; COMMIT;"
+    )
+    connection.close()
+    disk = _open(path)
+    assert disk.degraded is None and _rows(path, "PRAGMA user_version") == [(2,)]
+    assert _served(disk, A) and _served(disk, B)
+    disk.write(PREFIX + [40, 41, 42, 43, 44], make_state(PREFIX + [40, 41, 42, 43, 44]))
+    disk.flush()
+    disk.sanity_check()
+    assert sorted(count for (count,) in _rows(path, "SELECT refcount FROM kv_block_refs")) == [1, 1, 3, 3]
+    disk.close()
 
 
 def test_blob_format_round_trip_and_fuzz():
