@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from agentd.prefix_cache import PrefixCache
 from cache.session import SessionCache
@@ -44,11 +45,13 @@ def _forwarded(model, tokens):
     return state
 
 
-def test_the_next_turn_restores_into_the_previous_turns_live_state(tiny_model):
-    """The checkpoint at 200 lies within what the live state (200 shared tokens, then its own reply)
-    holds: its KV rows stay, only the recurrent state comes from the cache."""
+@pytest.mark.parametrize("shared", [200, 150])
+def test_the_next_turn_restores_into_the_previous_turns_live_state(tiny_model, shared):
+    """The previous turn's state shares `shared` tokens, then has its own reply. Sharing all 200
+    tokens of the checkpoint, its KV rows stay and only the recurrent state comes from the cache;
+    sharing 150, rows 150..200 are copied in from the cache."""
     cache = _cache_with(tiny_model, IDS[:200])
-    previous_turn = [*IDS[:200], 11, 12, 13]
+    previous_turn = [*IDS[:shared], 11, 12, 13]
     live = _forwarded(tiny_model, previous_turn)
     cache.keep_live(previous_turn, live)
     restored = cache.restore(IDS[:260])
@@ -56,17 +59,6 @@ def test_the_next_turn_restores_into_the_previous_turns_live_state(tiny_model):
     expected = tiny_model.forward(IDS[:260], tiny_model.new_state())[200:]
     np.testing.assert_allclose(tiny_model.forward(IDS[200:260], restored.state), expected, atol=1e-4)
     assert cache.restore(IDS[:260]).state is not live  # taken out of the pool
-
-
-def test_a_live_state_sharing_less_than_the_checkpoint_gets_the_missing_rows(tiny_model):
-    cache = _cache_with(tiny_model, IDS[:200])
-    live_tokens = [*IDS[:150], 5, 5, 5]
-    live = _forwarded(tiny_model, live_tokens)
-    cache.keep_live(live_tokens, live)
-    restored = cache.restore(IDS[:260])
-    assert restored.state is live and restored.num_cached_tokens == 200
-    expected = tiny_model.forward(IDS[:260], tiny_model.new_state())[200:]
-    np.testing.assert_allclose(tiny_model.forward(IDS[200:260], restored.state), expected, atol=1e-4)
 
 
 def test_a_live_state_without_a_usable_checkpoint_stays_live(tiny_model):
