@@ -147,7 +147,9 @@ class PrefixCache:
         }
 
     def stats(self) -> dict[str, Any]:
-        return self.cache.stats()
+        with self._live_lock:
+            live = {"states": len(self._live), "bytes": sum(state.nbytes for _, state in self._live)}
+        return {**self.cache.stats(), "live": live}
 
     def entries(self) -> list[dict[str, Any]]:
         return self.cache.entries()

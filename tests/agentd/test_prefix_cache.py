@@ -54,8 +54,9 @@ def test_the_next_turn_restores_into_the_previous_turns_live_state(tiny_model, s
     previous_turn = [*IDS[:shared], 11, 12, 13]
     live = _forwarded(tiny_model, previous_turn)
     cache.keep_live(previous_turn, live)
+    assert cache.stats()["live"] == {"states": 1, "bytes": live.nbytes}
     restored = cache.restore(IDS[:260])
-    assert restored.state is live and restored.num_cached_tokens == 200
+    assert restored.state is live and restored.num_cached_tokens == 200 and cache.stats()["live"]["states"] == 0
     expected = tiny_model.forward(IDS[:260], tiny_model.new_state())[200:]
     np.testing.assert_allclose(tiny_model.forward(IDS[200:260], restored.state), expected, atol=1e-4)
     assert cache.restore(IDS[:260]).state is not live  # taken out of the pool
