@@ -396,7 +396,7 @@ def summary(trace: Trace, turns: list[Turn], results: dict[str, list[Result]], r
         out.append(f"| {mode}{errors} | {prompt} | {cached} | {_pct(cached, prompt)} | "
                    f"{_num(lowest, 1)}{'%' if lowest is not None else ''} | {target} |")
     if reuse:
-        prompt = sum(results[next(iter(results))][i].prompt_tokens or 0 for i in later)
+        prompt = sum(max(rows[i].prompt_tokens or 0 for rows in results.values()) for i in later)  # any mode that ran it
         shared = sum(reuse[i] for i in later)
         line = f"Ceiling on the first pass (tokens shared with an earlier request): {_pct(shared, prompt)}"
         if "on" in results:
