@@ -358,8 +358,9 @@ class Runner:
         """One prefill chunk or one decode step; returns the events it produced."""
         model = self.require_ready().model
         prompt = job.request.prompt_ids
-        if job.cancelled:  # scheduled only to keep its prompt processing (_has_unstored_prefill)
-            self._store_checkpoint(job, prompt)
+        if job.cancelled:  # cancelled once scheduled: only prompt processing is worth keeping
+            if self._has_unstored_prefill(job):
+                self._store_checkpoint(job, prompt)
             return []
         if job.state is None:
             self._begin(job)

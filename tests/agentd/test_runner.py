@@ -9,7 +9,7 @@ import pytest
 
 from agentd.loader import prepare
 from agentd.prefix_cache import Restored
-from agentd.runner import Failed, Finished, GenerationRequest, NotReady, QueueFull, Runner, Token
+from agentd.runner import Failed, Finished, GenerationRequest, Job, NotReady, QueueFull, Runner, Token
 from engine.sampling import Sampler, SamplingParams
 from tests.agentd.fakes import FakeModel, text_reply
 
@@ -189,6 +189,29 @@ async def test_cancel_during_prefill_keeps_the_work_done_in_the_cache():
         runner.cancel(job)  # cancelled while generating: nothing more to keep
         await asyncio.sleep(0.1)
         assert len(cache.saved) == 1 and runner.num_jobs == 0
+    finally:
+        await runner.stop()
+
+
+async def test_a_job_cancelled_after_it_was_scheduled_ends_quietly():
+    """A cancel can land between picking a job and its step: before its first step (no state yet)
+    or while generating; the step then does nothing and stores nothing."""
+    model = FakeModel(lambda ctx: "z")
+    cache = RecordingCache(model)
+    runner = Runner(lambda: dataclasses.replace(prepare(model, name="fake"), cache=cache),
+                    max_queue=8, max_active=4, prefill_chunk=2)
+    await runner.start()
+    assert await runner.wait_loaded()
+    try:
+        job = runner.submit(request(model, "p" * 10))
+        runner._waiting.remove(job)  # picked, as _next_job would
+        job.cancelled = True
+        assert runner._step(job) == [] and job.state is None
+        generating = Job(request(model, "q" * 4))
+        runner._step(generating)
+        runner._step(generating)  # prompt done, first token sampled
+        generating.cancelled = True
+        assert runner._step(generating) == [] and cache.saved == []
     finally:
         await runner.stop()
 
