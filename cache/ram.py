@@ -67,7 +67,6 @@ class CachedState:
         )
 
 
-
 KVOut = Callable[[int], Sequence[KVLayer]]  # position -> per attention layer writable (k, v) of that many rows
 
 
@@ -84,8 +83,13 @@ class StoredState:
     tail: tuple[KVLayer, ...]
 
     @classmethod
-    def split(cls, tokens: np.ndarray, state: CachedState, block_size: int) -> StoredState:
-        """Views of `state` cut into blocks (no copy; `frozen` makes them the tier's own)."""
+    def of(cls, tokens: np.ndarray, state: CachedState | StoredState, block_size: int) -> StoredState:
+        """`state` (after exactly `tokens`) cut into blocks of `block_size`: views, no copy (`frozen`
+        makes them a tier's own). A StoredState is checked to be cut that way already."""
+        if isinstance(state, StoredState):
+            if state.block_ids != tuple(block_ids(tokens, block_size)):
+                raise ValueError("stored state blocks do not match the tokens")
+            return state
         ids = tuple(block_ids(tokens, block_size))
         blocks = tuple(
             tuple((k[n * block_size : (n + 1) * block_size], v[n * block_size : (n + 1) * block_size]) for k, v in state.kv)
@@ -114,7 +118,8 @@ class StoredState:
     def copy(self, kv_out: KVOut | None = None, start: int = 0) -> CachedState:
         """The caller's own writable copy. KV is assembled in one pass, into `kv_out(position)`'s arrays
         when given (e.g. the engine's own buffers, so a restore copies the KV at most once); rows
-        before `start` are left as they are there (the caller holds them already)."""
+        before `start` (at most the position) are left as they are there (the caller holds them)."""
+        start = min(start, self.position)
         if kv_out is None and start:
             raise ValueError("rows before `start` can only be kept in the caller's own arrays")
         layers = range(len(self.tail))
@@ -128,7 +133,7 @@ class StoredState:
     def _rows(self, layer: int, which: int, start: int, out: np.ndarray | None) -> np.ndarray:
         """Rows start..position of k (which=0) or v (1) of one layer, written into out[start:]."""
         tail = self.tail[layer][which]
-        block_size = (self.position - tail.shape[0]) // len(self.blocks) if self.blocks else 1
+        block_size = len(self.blocks[0][layer][which]) if self.blocks else 1
         first = min(start // block_size, len(self.blocks))
         parts = [b[layer][which] for b in self.blocks[first:]] + [tail]
         parts[0] = parts[0][start - first * block_size :]
@@ -136,6 +141,7 @@ class StoredState:
             return np.concatenate(parts)
         np.concatenate(parts, out=out[start:])
         return out
+
 
 def _require_numeric(array: object, where: str) -> None:
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
@@ -234,10 +240,7 @@ class RamTier:
         if key in self._entries:
             self.touch(key)
             return True
-        if isinstance(state, CachedState):
-            state = StoredState.split(tokens, state, self.block_size)
-        elif state.block_ids != tuple(block_ids(tokens, self.block_size)):
-            raise ValueError("stored state blocks do not match the tokens")
+        state = StoredState.of(tokens, state, self.block_size)
         self._check_layout(state)
         recurrent = tuple(tuple(_frozen(a) for a in arrays) for arrays in state.recurrent)
         tail = _frozen_kv(state.tail)
@@ -271,11 +274,6 @@ class RamTier:
     def block(self, block_id: bytes) -> tuple[KVLayer, ...] | None:
         """A held KV block (no copy), so another tier need not read it again."""
         return self._blocks.get(block_id)
-
-    def get(self, key: str) -> CachedState | None:
-        """A fresh, writable copy of the checkpoint (the cache keeps its own), or None if absent."""
-        stored = self.stored(key)
-        return None if stored is None else stored.copy()
 
     def touch(self, key: str) -> None:
         """Mark a checkpoint and every checkpoint that is its prefix as just used."""

@@ -85,12 +85,12 @@ class SessionCache:
                 stored = self._disk.read(disk.checkpoint_id, self._ram.block)
                 if stored is not None:
                     self._ram.put(tokens[: stored.position], stored)
-                    return self._hit(stored.copy(kv_out, min(kv_held, stored.position)), matched, "disk")
+                    return self._hit(stored.copy(kv_out, kv_held), matched, "disk")
             if ram.checkpoint_id is None:
                 self._counts["misses"] += 1
                 return Lookup(None, 0, matched, None)
             stored = self._ram.stored(ram.checkpoint_id)
-            state = stored.copy(kv_out, min(kv_held, stored.position))
+            state = stored.copy(kv_out, kv_held)
             if self._disk is not None:
                 self._disk.touch(ram.checkpoint_id)
             return self._hit(state, matched, "ram")

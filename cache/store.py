@@ -4,8 +4,8 @@ Layout: table `checkpoints` (one row per checkpoint: its tokens, the ids of its 
 recurrent arrays + KV tail, a checksum), table `kv_blocks` (one row per full block of attention
 KV) and table `kv_block_refs` (each block's reference count and size, apart from its data: SQLite
 rewrites a whole row on update, so counting in the block's own row rewrote every block of a
-checkpoint each time one was stored). Rows are keyed by the model fingerprint, so models never read each
-other's state; blobs carry the cache format version and fingerprint in a header.
+checkpoint each time one was stored). Rows are keyed by the model fingerprint, so models never
+read each other's state; blobs carry the cache format version and fingerprint in a header.
 
 Failure policy: the disk tier is an optimisation, so it never raises to its caller. A corrupt,
 truncated, foreign or outdated entry is a miss, logged once and deleted. A failing database (full
@@ -40,7 +40,6 @@ from cache.radix import (
     Match,
     RadixIndex,
     as_tokens,
-    block_ids,
     checkpoint_key,
     require_invariant,
 )
@@ -384,12 +383,9 @@ class DiskStore:
         tokens = as_tokens(tokens).copy()
         if len(tokens) != state.position:
             raise ValueError(f"state is at position {state.position} but {len(tokens)} tokens were given")
-        if isinstance(state, CachedState):
-            state = StoredState.split(tokens, state, self.block_size)
-        elif state.block_ids != tuple(block_ids(tokens, self.block_size)):
-            raise ValueError("stored state blocks do not match the tokens")
         if self.degraded is None:
-            self._submit(functools.partial(self._put, tokens, state.frozen()))
+            stored = StoredState.of(tokens, state, self.block_size).frozen()
+            self._submit(functools.partial(self._put, tokens, stored))
 
     def touch(self, key: str) -> None:
         """Queue a recency update so a used entry is evicted last."""
@@ -577,7 +573,8 @@ class DiskStore:
             raise _Corrupt("state blob position differs from the row")
         ids = tuple(_split_ids(ids_blob))
         rows = tuple(tuple((a.dtype, (self.block_size, *a.shape[1:])) for a in pair) for pair in tail)
-        return StoredState(position, recurrent, ids, tuple(self._decode_block(i, blocks.get(i), rows) for i in ids), tail)
+        kv_blocks = tuple(self._decode_block(i, blocks.get(i), rows) for i in ids)
+        return StoredState(position, recurrent, ids, kv_blocks, tail)
 
     def _decode_block(self, block_id: bytes, stored: Any, rows: tuple) -> tuple[KVLayer, ...]:
         """A block row checked and decoded (`rows`: per layer the (dtype, shape) of k and v), or a
@@ -720,7 +717,7 @@ class DiskStore:
                     "UPDATE kv_block_refs SET refcount = refcount - 1 WHERE fingerprint = ? AND id = ?",
                     (fingerprint, block_id),
                 )
-                freed += _delete_block(connection, fingerprint, block_id, "AND refcount <= 0")
+                freed += _delete_block(connection, fingerprint, block_id, only_unreferenced=True)
         self.nbytes -= freed
 
     def _discard(self, key: str, bad_blocks: tuple[bytes, ...]) -> None:
@@ -751,10 +748,15 @@ class DiskStore:
             self._index.clear()
 
 
-def _delete_block(connection: sqlite3.Connection, fingerprint: str, block_id: bytes, condition: str = "") -> int:
-    """Delete a KV block (when `condition` on its reference count holds); returns the bytes freed."""
+def _delete_block(
+    connection: sqlite3.Connection, fingerprint: str, block_id: bytes, only_unreferenced: bool = False
+) -> int:
+    """Delete a KV block (with `only_unreferenced`, only once no checkpoint lists it); returns the
+    bytes freed."""
+    unreferenced = " AND refcount <= 0" if only_unreferenced else ""
     gone = connection.execute(
-        f"DELETE FROM kv_block_refs WHERE fingerprint = ? AND id = ? {condition} RETURNING nbytes", (fingerprint, block_id)
+        f"DELETE FROM kv_block_refs WHERE fingerprint = ? AND id = ?{unreferenced} RETURNING nbytes",
+        (fingerprint, block_id),
     ).fetchall()
     if gone:
         connection.execute("DELETE FROM kv_blocks WHERE fingerprint = ? AND id = ?", (fingerprint, block_id))

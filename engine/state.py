@@ -66,15 +66,14 @@ class State:
         """Recurrent states are copied; KV rows below `position` are shared as read-only views,
         which is safe because a State only writes rows below its position when no view of them is
         alive (see `prepare_kv`), so a snapshot costs O(recurrent state), not O(prompt length)."""
-        kv = tuple(
-            (_readonly(k[:, : self.position].transpose(1, 0, 2)), _readonly(v[:, : self.position].transpose(1, 0, 2)))
-            for k, v in zip(self._k, self._v)
-        )
         return Checkpoint(
             position=self.position,
             fingerprint=self.fingerprint,
             recurrent=tuple((_frozen(c), _frozen(s)) for c, s in zip(self.conv, self.ssm)),
-            kv=kv,
+            kv=tuple(
+                (_readonly(k[:, : self.position].transpose(1, 0, 2)), _readonly(v[:, : self.position].transpose(1, 0, 2)))
+                for k, v in zip(self._k, self._v)
+            ),
         )
 
     def prepare_kv(self, position: int, keep: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -52,12 +52,12 @@ def test_round_trip_copies_in_and_out():
     original.kv[0][0][:] = -1  # the caller reuses its buffers
     original.recurrent[0][0][:] = -1
     key = checkpoint_key(as_tokens(tokens))
-    first = tier.get(key)
+    first = tier.stored(key).copy()
     assert_same_state(first, make_state(tokens))
     first.kv[1][1][:] = 7  # the caller mutates its hit
     first.recurrent[1][1][:] = 7
-    assert_same_state(tier.get(key), make_state(tokens))
-    assert tier.get("absent") is None
+    assert_same_state(tier.stored(key).copy(), make_state(tokens))
+    assert tier.stored("absent") is None
     tier.sanity_check()
 
 
@@ -137,7 +137,7 @@ def test_budget_holds_under_a_random_multi_session_workload():
         match = tier.match(prompt, len(prompt) - 1)
         if match.checkpoint_id is not None:
             hits += match.num_cached_tokens > len(system)
-            assert_same_state(tier.get(match.checkpoint_id), make_state(prompt[: match.num_cached_tokens]))
+            assert_same_state(tier.stored(match.checkpoint_id), make_state(prompt[: match.num_cached_tokens]))
         for n in sorted({len(system), len(prompt) - 3, len(prompt) - 1}):
             assert tier.put(prompt[:n], make_state(prompt[:n]))
             stored.add(checkpoint_key(as_tokens(prompt[:n])))
