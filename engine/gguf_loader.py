@@ -1,7 +1,7 @@
 """GGUF reading: metadata, tensor lookup with shape checks, and all checkpoint surgery in one place.
 
-The file is memory mapped; F32 tensors are used in place, other types are
-dequantized to float32 once at load time (the numpy backend multiplies in float32).
+The file is memory mapped; tensors are handed to a backend as stored (`StoredTensor`: type, shape and
+the mapped block bytes), so quantized weights are never expanded unless a backend chooses to.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import numpy as np
 from engine.config import ModelConfig, ModelFormatError
 from engine.vocab import Vocab
 from kernels import quant
+from kernels.backend import StoredTensor
+from kernels.numpy_backend import decode
 
 GGUF_MAGIC = b"GGUF"
 _U64 = struct.Struct("<Q")
@@ -185,8 +187,9 @@ class GGUFFile:
     def has(self, name: str) -> bool:
         return name in self.tensors
 
-    def load(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """Tensor `name` as float32 in numpy order, checked against the expected numpy `shape`."""
+    def tensor(self, name: str, shape: tuple[int, ...]) -> StoredTensor:
+        """Tensor `name` exactly as stored (type, block bytes memory mapped), checked against the
+        expected numpy `shape`; size-1 axes are dropped or added to match it."""
         t = self.tensors.get(name)
         if t is None:
             raise ModelFormatError(f"{self.path}: missing tensor {name}")
@@ -195,11 +198,14 @@ class GGUFFile:
             raise ModelFormatError(
                 f"{self.path}: tensor {name} has shape ne={t.ne}, expected ne={tuple(reversed(shape))}"
             )
+        return StoredTensor(name, t.qtype, tuple(shape), self._raw(t))
+
+    def load(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """Tensor `name` as float32 in numpy order (for small parameters; F32 is used in place)."""
+        t = self.tensor(name, shape)
         if t.qtype not in quant.SUPPORTED_TYPES:
             raise ModelFormatError(f"{self.path}: tensor {name} has unsupported type {t.qtype.name}")
-        if t.qtype == gguf.GGMLQuantizationType.F32:
-            return self._raw(t).view(np.float32).reshape(shape)
-        return quant.dequantize(self._raw(t), t.qtype, np_shape).reshape(shape)
+        return decode(t)
 
     def vocab(self) -> Vocab:
         tokens = self.get("tokenizer.ggml.tokens")

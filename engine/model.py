@@ -13,8 +13,8 @@ from engine.gguf_loader import GGUFFile
 from engine.qwen35 import Qwen35, load_weights
 from engine.state import Checkpoint, State
 from engine.tokenizer import Tokenizer
+from kernels import make_backend
 from kernels.backend import Backend
-from kernels.numpy_backend import NumpyBackend
 
 
 class Model:
@@ -26,13 +26,14 @@ class Model:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.fingerprint = fingerprint
+        self.backend: Backend = net.be
 
     def new_state(self) -> State:
-        return State(self.config, self.fingerprint)
+        return State(self.config, self.fingerprint, self.backend)
 
     def restore(self, checkpoint: Checkpoint) -> State:
         """A fresh mutable state continuing exactly where `checkpoint` was taken."""
-        return State.from_checkpoint(self.config, self.fingerprint, checkpoint)
+        return State.from_checkpoint(self.config, self.fingerprint, self.backend, checkpoint)
 
     def forward(self, token_ids: Sequence[int], state: State, last_only: bool = False) -> np.ndarray:
         """Run `token_ids` after `state`; float32 logits (len, n_vocab) or (1, n_vocab) with last_only."""
@@ -46,12 +47,14 @@ class Model:
         return self.net.forward(ids, state, last_only=last_only)
 
 
-def load_model(path: str | Path, progress: bool = False, backend: Backend | None = None) -> Model:
-    """Load a qwen35 / qwen35moe GGUF file. Raises engine.config.ModelFormatError naming any problem."""
+def load_model(path: str | Path, progress: bool = False, backend: Backend | str = "auto",
+               threads: int | None = None) -> Model:
+    """Load a qwen35 / qwen35moe GGUF file on `backend` (a Backend, or "auto" / "cpu" / "numpy" with
+    `threads`). Raises engine.config.ModelFormatError naming any problem."""
     f = GGUFFile(path)
     config = f.model_config()
     vocab = f.vocab()
-    be = backend or NumpyBackend()
+    be = make_backend(backend, threads) if isinstance(backend, str) else backend
     bar = None
     if progress:
         from tqdm import tqdm

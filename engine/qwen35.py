@@ -2,7 +2,8 @@
 
 Layer math follows ../shared/docs/qwen35-architecture.md sections 2-4 with GGUF conventions
 (norm weights already hold 1 + w, ssm_a = -exp(A_log), V heads tiled so V head h reads K head
-h mod Hk). All heavy compute goes through a `kernels.backend.Backend`.
+h mod Hk). Every op runs through a `kernels.backend.Backend` on the backend's own arrays; weights
+reach it as stored in the file.
 """
 
 from __future__ import annotations
@@ -12,20 +13,19 @@ from typing import Callable
 
 import numpy as np
 
-from engine.config import ModelConfig
+from engine.config import ModelConfig, ModelFormatError
 from engine.gguf_loader import GGUFFile
 from engine.state import State
-from kernels.backend import Backend
-from kernels.numpy_backend import sigmoid, silu, softplus
+from kernels.backend import Array, AttentionShape, Backend, DeltaNetShape, StoredTensor
 
 
 @dataclass
 class DeltaNetWeights:
     in_proj: object  # rows [qkv (C) | gate z (Vd) | beta (Hv) | alpha (Hv)], fused: one matmul per layer
-    conv: np.ndarray  # [C, K]
-    dt_bias: np.ndarray  # [Hv]
-    a: np.ndarray  # [Hv], = -exp(A_log)
-    norm: np.ndarray  # [dv]
+    conv: Array  # [C, K]
+    dt_bias: Array  # [Hv]
+    a: Array  # [Hv], = -exp(A_log)
+    norm: Array  # [dv]
     out: object
 
 
@@ -33,8 +33,8 @@ class DeltaNetWeights:
 class AttentionWeights:
     qkv: object  # rows [query+gate (n_head * 2 * hd, per head [query | gate]) | k | v], fused
     o: object
-    q_norm: np.ndarray
-    k_norm: np.ndarray
+    q_norm: Array
+    k_norm: Array
 
 
 @dataclass
@@ -48,226 +48,180 @@ class MoEWeights:
     router: object  # [E, n_embd]
     gate_up_exps: list[object]  # per expert [2 * n_ff_exp, n_embd], rows [gate | up]
     down_exps: list[object]  # per expert [n_embd, n_ff_exp]
-    shared_gate: np.ndarray  # [n_embd]
+    shared_gate: Array  # [n_embd]
     shared: DenseFFNWeights
 
 
 @dataclass
 class LayerWeights:
-    attn_norm: np.ndarray
-    post_norm: np.ndarray
+    attn_norm: Array
+    post_norm: Array
     mixer: DeltaNetWeights | AttentionWeights
     ffn: DenseFFNWeights | MoEWeights
 
 
 @dataclass
 class Weights:
-    embedding: np.ndarray  # [n_vocab, n_embd], rows looked up directly
+    embedding: object  # [n_vocab, n_embd], rows decoded when looked up
     layers: list[LayerWeights]
-    output_norm: np.ndarray
+    output_norm: Array
     output: object  # [n_vocab, n_embd]
 
 
 def load_weights(f: GGUFFile, c: ModelConfig, be: Backend, progress: Callable[[int], None] | None = None) -> Weights:
-    """Read and check every trunk tensor (MTP blocks are ignored); `progress(n)` after each layer."""
+    """Hand every trunk tensor to the backend as stored (MTP blocks are ignored); `progress(n)` after
+    each layer. A tensor type the backend cannot compute on is a ModelFormatError naming it."""
     E, V = c.n_embd, c.n_vocab
 
-    def w(name: str, shape: tuple[int, ...]) -> object:
-        return be.weight(f.load(name, shape))
+    def t(name: str, shape: tuple[int, ...]) -> StoredTensor:
+        tensor = f.tensor(name, shape)
+        if tensor.qtype not in be.supported_types:
+            raise ModelFormatError(
+                f"{f.path}: tensor {name} has unsupported type {tensor.qtype.name} for the {be.name} backend "
+                f"(supported: {', '.join(sorted(q.name for q in be.supported_types))})"
+            )
+        return tensor
 
-    def vec(name: str, n: int) -> np.ndarray:
-        return np.ascontiguousarray(f.load(name, (n,)), np.float32)
+    def w(*parts: StoredTensor) -> object:
+        return be.weight(parts)
 
-    def fused(*parts: np.ndarray) -> object:
-        return be.weight(np.concatenate(parts, axis=0))
+    def vec(name: str, shape: tuple[int, ...]) -> Array:
+        return be.vector(np.ascontiguousarray(f.load(name, shape), np.float32))
 
     def dense_ffn(p: str, n_ff: int, suffix: str = "") -> DenseFFNWeights:
         return DenseFFNWeights(
-            gate_up=fused(f.load(f"{p}.ffn_gate{suffix}.weight", (n_ff, E)), f.load(f"{p}.ffn_up{suffix}.weight", (n_ff, E))),
-            down=w(f"{p}.ffn_down{suffix}.weight", (E, n_ff)),
+            gate_up=w(t(f"{p}.ffn_gate{suffix}.weight", (n_ff, E)), t(f"{p}.ffn_up{suffix}.weight", (n_ff, E))),
+            down=w(t(f"{p}.ffn_down{suffix}.weight", (E, n_ff))),
         )
 
-    embedding = np.ascontiguousarray(f.load("token_embd.weight", (V, E)), np.float32)
+    embedding_table = t("token_embd.weight", (V, E))
+    embedding = be.embedding(embedding_table)
     layers = []
     for i in range(c.n_layer):
         p = f"blk.{i}"
         if c.recurrent_layers[i]:
             C, Vd, Hv = c.conv_channels, c.value_dim, c.ssm_dt_rank
             mixer: DeltaNetWeights | AttentionWeights = DeltaNetWeights(
-                in_proj=fused(
-                    f.load(f"{p}.attn_qkv.weight", (C, E)),
-                    f.load(f"{p}.attn_gate.weight", (Vd, E)),
-                    f.load(f"{p}.ssm_beta.weight", (Hv, E)),
-                    f.load(f"{p}.ssm_alpha.weight", (Hv, E)),
+                in_proj=w(
+                    t(f"{p}.attn_qkv.weight", (C, E)),
+                    t(f"{p}.attn_gate.weight", (Vd, E)),
+                    t(f"{p}.ssm_beta.weight", (Hv, E)),
+                    t(f"{p}.ssm_alpha.weight", (Hv, E)),
                 ),
-                conv=np.ascontiguousarray(f.load(f"{p}.ssm_conv1d.weight", (C, c.conv_kernel)), np.float32),
-                dt_bias=vec(f"{p}.ssm_dt.bias", Hv),
-                a=vec(f"{p}.ssm_a", Hv),
-                norm=vec(f"{p}.ssm_norm.weight", c.ssm_d_state),
-                out=w(f"{p}.ssm_out.weight", (E, Vd)),
+                conv=vec(f"{p}.ssm_conv1d.weight", (C, c.conv_kernel)),
+                dt_bias=vec(f"{p}.ssm_dt.bias", (Hv,)),
+                a=vec(f"{p}.ssm_a", (Hv,)),
+                norm=vec(f"{p}.ssm_norm.weight", (c.ssm_d_state,)),
+                out=w(t(f"{p}.ssm_out.weight", (E, Vd))),
             )
         else:
             hd, nq, nkv = c.head_dim, c.n_head * c.head_dim, c.n_kv_head * c.head_dim
             if f.has(f"{p}.attn_qkv.weight"):  # some converters fuse Q+gate | K | V already
-                qkv = be.weight(f.load(f"{p}.attn_qkv.weight", (2 * nq + 2 * nkv, E)))
+                qkv = w(t(f"{p}.attn_qkv.weight", (2 * nq + 2 * nkv, E)))
             else:
-                qkv = fused(
-                    f.load(f"{p}.attn_q.weight", (2 * nq, E)),
-                    f.load(f"{p}.attn_k.weight", (nkv, E)),
-                    f.load(f"{p}.attn_v.weight", (nkv, E)),
+                qkv = w(
+                    t(f"{p}.attn_q.weight", (2 * nq, E)),
+                    t(f"{p}.attn_k.weight", (nkv, E)),
+                    t(f"{p}.attn_v.weight", (nkv, E)),
                 )
             mixer = AttentionWeights(
                 qkv=qkv,
-                o=w(f"{p}.attn_output.weight", (E, nq)),
-                q_norm=vec(f"{p}.attn_q_norm.weight", hd),
-                k_norm=vec(f"{p}.attn_k_norm.weight", hd),
+                o=w(t(f"{p}.attn_output.weight", (E, nq))),
+                q_norm=vec(f"{p}.attn_q_norm.weight", (hd,)),
+                k_norm=vec(f"{p}.attn_k_norm.weight", (hd,)),
             )
         if c.is_moe:
             ne, nf = c.n_expert, c.n_ff_exp
             if f.has(f"{p}.ffn_gate_up_exps.weight"):
-                gu = f.load(f"{p}.ffn_gate_up_exps.weight", (ne, 2 * nf, E))
-                gate_e, up_e = gu[:, :nf], gu[:, nf:]
+                gu = t(f"{p}.ffn_gate_up_exps.weight", (ne, 2 * nf, E))
+                gate_up = [w(gu[j]) for j in range(ne)]
             else:
-                gate_e = f.load(f"{p}.ffn_gate_exps.weight", (ne, nf, E))
-                up_e = f.load(f"{p}.ffn_up_exps.weight", (ne, nf, E))
-            down_e = f.load(f"{p}.ffn_down_exps.weight", (ne, E, nf))
+                gate_e = t(f"{p}.ffn_gate_exps.weight", (ne, nf, E))
+                up_e = t(f"{p}.ffn_up_exps.weight", (ne, nf, E))
+                gate_up = [w(gate_e[j], up_e[j]) for j in range(ne)]
+            down_e = t(f"{p}.ffn_down_exps.weight", (ne, E, nf))
             ffn: DenseFFNWeights | MoEWeights = MoEWeights(
-                router=w(f"{p}.ffn_gate_inp.weight", (ne, E)),
-                gate_up_exps=[fused(gate_e[j], up_e[j]) for j in range(ne)],
-                down_exps=[be.weight(down_e[j]) for j in range(ne)],
-                shared_gate=vec(f"{p}.ffn_gate_inp_shexp.weight", E),
+                router=w(t(f"{p}.ffn_gate_inp.weight", (ne, E))),
+                gate_up_exps=gate_up,
+                down_exps=[w(down_e[j]) for j in range(ne)],
+                shared_gate=vec(f"{p}.ffn_gate_inp_shexp.weight", (E,)),
                 shared=dense_ffn(p, c.n_ff_shexp, "_shexp"),
             )
         else:
             ffn = dense_ffn(p, c.n_ff)
         layers.append(
             LayerWeights(
-                attn_norm=vec(f"{p}.attn_norm.weight", E),
-                post_norm=vec(f"{p}.post_attention_norm.weight", E),
+                attn_norm=vec(f"{p}.attn_norm.weight", (E,)),
+                post_norm=vec(f"{p}.post_attention_norm.weight", (E,)),
                 mixer=mixer,
                 ffn=ffn,
             )
         )
         if progress:
             progress(1)
-    output = f.load("output.weight", (V, E)) if f.has("output.weight") else embedding
+    output = t("output.weight", (V, E)) if f.has("output.weight") else embedding_table
     return Weights(
         embedding=embedding,
         layers=layers,
-        output_norm=vec("output_norm.weight", E),
-        output=be.weight(output),
+        output_norm=vec("output_norm.weight", (E,)),
+        output=w(output),
     )
 
 
 class Qwen35:
-    """Pure layer functions over explicit weights; the only mutation is of the State passed in."""
+    """The layer sequence over explicit weights; the only mutation is of the State passed in."""
 
     def __init__(self, config: ModelConfig, weights: Weights, backend: Backend):
-        self.c = config
+        self.c = c = config
         self.w = weights
         self.be = backend
-        self._rec_index = {layer: j for j, layer in enumerate(config.recurrent_layer_ids)}
-        self._attn_index = {layer: j for j, layer in enumerate(config.attention_layer_ids)}
-        half = config.rope_dims // 2
-        self._inv_freq = (config.rope_base ** (-np.arange(half, dtype=np.float64) * 2.0 / config.rope_dims))
+        self._rec_index = {layer: j for j, layer in enumerate(c.recurrent_layer_ids)}
+        self._attn_index = {layer: j for j, layer in enumerate(c.attention_layer_ids)}
+        self.delta_shape = DeltaNetShape(c.ssm_n_group, c.ssm_dt_rank, c.ssm_d_state, c.conv_kernel, c.eps)
+        half = c.rope_dims // 2
+        inv_freq = c.rope_base ** (-np.arange(half, dtype=np.float64) * 2.0 / c.rope_dims)
+        self.attn_shape = AttentionShape(c.n_head, c.n_kv_head, c.head_dim, c.rope_dims, inv_freq, c.eps)
 
     def forward(self, token_ids: np.ndarray, state: State, last_only: bool = False) -> np.ndarray:
+        """Float32 host logits [T, n_vocab] (or [1, n_vocab]); advances `state`."""
         c, be = self.c, self.be
-        h = self.w.embedding[token_ids]
+        h = be.embed(self.w.embedding, token_ids)
         for i, lw in enumerate(self.w.layers):
             x = be.rms_norm(h, lw.attn_norm, c.eps)
             if isinstance(lw.mixer, DeltaNetWeights):
-                h = h + self._delta_net(x, lw.mixer, state, self._rec_index[i])
+                y = self._delta_net(x, lw.mixer, state, self._rec_index[i])
             else:
-                h = h + self._attention(x, lw.mixer, state, self._attn_index[i])
+                y = self._attention(x, lw.mixer, state, self._attn_index[i])
+            h = be.add(h, y)
             x = be.rms_norm(h, lw.post_norm, c.eps)
-            h = h + (self._moe(x, lw.ffn) if isinstance(lw.ffn, MoEWeights) else self._ffn(x, lw.ffn))
+            h = be.add(h, self._moe(x, lw.ffn) if isinstance(lw.ffn, MoEWeights) else self._ffn(x, lw.ffn))
         state.position += len(token_ids)
         if last_only:
-            h = h[-1:]
-        return be.linear(be.rms_norm(h, self.w.output_norm, c.eps), self.w.output)
+            h = be.last_row(h)
+        return be.to_host(be.linear(be.rms_norm(h, self.w.output_norm, c.eps), self.w.output))
 
-    def _delta_net(self, x: np.ndarray, w: DeltaNetWeights, state: State, j: int) -> np.ndarray:
-        c, be = self.c, self.be
-        t = x.shape[0]
-        hk, hv, d = c.ssm_n_group, c.ssm_dt_rank, c.ssm_d_state
+    def _delta_net(self, x: Array, w: DeltaNetWeights, state: State, j: int) -> Array:
+        be = self.be
         proj = be.linear(x, w.in_proj)
-        cc, vd = c.conv_channels, c.value_dim
-        mixed, state.conv[j] = be.causal_conv(proj[:, :cc], state.conv[j], w.conv)
-        z = proj[:, cc : cc + vd].reshape(t, hv, d)
-        beta = sigmoid(proj[:, cc + vd : cc + vd + hv])
-        g = w.a * softplus(proj[:, cc + vd + hv :] + w.dt_bias)
-        kd = c.key_dim
-        q = _l2norm(mixed[:, :kd].reshape(t, hk, d), c.eps)
-        k = _l2norm(mixed[:, kd : 2 * kd].reshape(t, hk, d), c.eps)
-        v = mixed[:, 2 * kd :].reshape(t, hv, d)
-        tile = np.arange(hv) % hk  # GGUF qwen35: V head h reads K head h mod Hk
-        q = q[:, tile] * np.float32(1.0 / np.sqrt(d))
-        k = k[:, tile]
-        o, state.ssm[j] = be.delta_rule(q, k, v, g, beta, state.ssm[j])
-        y = be.rms_norm(o, w.norm, c.eps) * silu(z)
-        return be.linear(y.reshape(t, hv * d), w.out)
+        y, state.conv[j], state.ssm[j] = be.gated_delta_net(
+            proj, w.conv, w.dt_bias, w.a, w.norm, state.conv[j], state.ssm[j], self.delta_shape
+        )
+        return be.linear(y, w.out)
 
-    def _attention(self, x: np.ndarray, w: AttentionWeights, state: State, j: int) -> np.ndarray:
-        c, be = self.c, self.be
-        t, hd = x.shape[0], c.head_dim
+    def _attention(self, x: Array, w: AttentionWeights, state: State, j: int) -> Array:
+        be = self.be
         proj = be.linear(x, w.qkv)
-        nq, nkv = 2 * c.n_head * hd, c.n_kv_head * hd
-        qg = proj[:, :nq].reshape(t, c.n_head, 2 * hd)
-        q, gate = qg[..., :hd], qg[..., hd:]
-        q = be.rms_norm(q, w.q_norm, c.eps)
-        k = be.rms_norm(proj[:, nq : nq + nkv].reshape(t, c.n_kv_head, hd), w.k_norm, c.eps)
-        v = proj[:, nq + nkv :].reshape(t, c.n_kv_head, hd)
-        positions = np.arange(state.position, state.position + t)
-        q, k = self._rope(q, positions), self._rope(k, positions)
-        keys, values = state.append_kv(j, k, v)
-        out = be.attention(q, keys, values) * sigmoid(gate)
-        return be.linear(out.reshape(t, c.n_head * hd), w.o)
+        y = be.gated_attention(
+            proj, w.q_norm, w.k_norm, state.position, lambda k, v: state.append_kv(j, k, v), self.attn_shape
+        )
+        return be.linear(y, w.o)
 
-    def _rope(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """NEOX rotary embedding on the first rope_dims dims (pairs i, i + rope_dims/2)."""
-        half = self.c.rope_dims // 2
-        angles = positions[:, None].astype(np.float64) * self._inv_freq[None, :]
-        cos = np.cos(angles).astype(np.float32)[:, None, :]
-        sin = np.sin(angles).astype(np.float32)[:, None, :]
-        x1, x2 = x[..., :half], x[..., half : 2 * half]
-        out = x.copy()
-        out[..., :half] = x1 * cos - x2 * sin
-        out[..., half : 2 * half] = x2 * cos + x1 * sin
-        return out
-
-    def _ffn(self, x: np.ndarray, w: DenseFFNWeights) -> np.ndarray:
-        return self._gated_mlp(x, w.gate_up, w.down)
-
-    def _gated_mlp(self, x: np.ndarray, gate_up: object, down: object) -> np.ndarray:
+    def _ffn(self, x: Array, w: DenseFFNWeights) -> Array:
         """down(SiLU(gate x) * (up x)) with gate and up in one fused matmul."""
-        gu = self.be.linear(x, gate_up)
-        half = gu.shape[1] // 2
-        return self.be.linear(silu(gu[:, :half]) * gu[:, half:], down)
+        return self.be.linear(self.be.swiglu(self.be.linear(x, w.gate_up)), w.down)
 
-    def _moe(self, x: np.ndarray, w: MoEWeights) -> np.ndarray:
-        """Softmax over all experts, top-k renormalised, plus the sigmoid-gated shared expert."""
+    def _moe(self, x: Array, w: MoEWeights) -> Array:
+        """Routed experts plus the sigmoid-gated shared expert."""
         c, be = self.c, self.be
-        logits = be.linear(x, w.router)
-        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs /= probs.sum(axis=-1, keepdims=True)
-        top = np.argpartition(-probs, c.n_expert_used - 1, axis=-1)[:, : c.n_expert_used]
-        weights = np.take_along_axis(probs, top, axis=-1)
-        weights /= weights.sum(axis=-1, keepdims=True)
-        if c.expert_weights_scale not in (0.0, 1.0):
-            weights *= c.expert_weights_scale
-        out = np.zeros_like(x)
-        for e in np.unique(top):
-            rows, slot = np.nonzero(top == e)
-            ye = self._gated_mlp(x[rows], w.gate_up_exps[e], w.down_exps[e])
-            out[rows] += weights[rows, slot][:, None] * ye
-        shared = self._ffn(x, w.shared) * sigmoid(x @ w.shared_gate)[:, None]
-        return out + shared
-
-
-def _l2norm(x: np.ndarray, eps: float) -> np.ndarray:
-    """x / sqrt(sum x^2 + eps) per head (the HF form; llama.cpp's max(|x|, eps) differs by ~eps)."""
-    norm = np.add.reduce(np.square(x), axis=-1, keepdims=True)
-    norm += np.float32(eps)
-    np.sqrt(norm, out=norm)
-    return x / norm
+        routed = be.moe(x, w.router, w.gate_up_exps, w.down_exps, c.n_expert_used, c.expert_weights_scale)
+        return be.add(routed, be.sigmoid_gate(self._ffn(x, w.shared), x, w.shared_gate))

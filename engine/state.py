@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.config import ModelConfig
+from kernels.backend import Array, Backend
 
 CHECKPOINT_MAGIC = b"AGCK"
 CHECKPOINT_VERSION = 1
@@ -24,31 +25,33 @@ _DIGEST = 16
 
 
 class State:
-    """Mutable state of one sequence after `position` tokens."""
+    """Mutable state of one sequence after `position` tokens, in the backend's arrays (only
+    snapshots and restores cross to and from host memory, through the backend)."""
 
-    def __init__(self, config: ModelConfig, fingerprint: str):
+    def __init__(self, config: ModelConfig, fingerprint: str, backend: Backend):
         self.config = config
         self.fingerprint = fingerprint
+        self.backend = be = backend
         self.position = 0
         c = config
         n_rec = len(c.recurrent_layer_ids)
-        self.conv = [np.zeros((c.conv_kernel - 1, c.conv_channels), np.float32) for _ in range(n_rec)]
-        self.ssm = [np.zeros((c.ssm_dt_rank, c.ssm_d_state, c.ssm_d_state), np.float32) for _ in range(n_rec)]
+        self.conv = [be.zeros((c.conv_kernel - 1, c.conv_channels)) for _ in range(n_rec)]
+        self.ssm = [be.zeros((c.ssm_dt_rank, c.ssm_d_state, c.ssm_d_state)) for _ in range(n_rec)]
         # KV buffers are head-major [n_kv, capacity, head_dim] so each head's keys are one contiguous
         # matrix for BLAS; the public views (append_kv, snapshots) are [positions, n_kv, head_dim].
         n_attn = len(c.attention_layer_ids)
-        self._k = [np.zeros((c.n_kv_head, 0, c.head_dim), np.float32) for _ in range(n_attn)]
-        self._v = [np.zeros((c.n_kv_head, 0, c.head_dim), np.float32) for _ in range(n_attn)]
+        self._k = [be.zeros((c.n_kv_head, 0, c.head_dim)) for _ in range(n_attn)]
+        self._v = [be.zeros((c.n_kv_head, 0, c.head_dim)) for _ in range(n_attn)]
 
-    def append_kv(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def append_kv(self, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
         """Write K/V [T, n_kv, d] for positions [position, position + T); return [end, n_kv, d] views of
         all keys/values so far."""
         end = self.position + k.shape[0]
         buf_k, buf_v = self._k[layer], self._v[layer]
         if end > buf_k.shape[1]:
             cap = max(end, 2 * buf_k.shape[1], 256)
-            grown_k = np.empty((buf_k.shape[0], cap, buf_k.shape[2]), np.float32)
-            grown_v = np.empty_like(grown_k)
+            grown_k = self.backend.zeros((buf_k.shape[0], cap, buf_k.shape[2]))
+            grown_v = self.backend.zeros((buf_k.shape[0], cap, buf_k.shape[2]))
             grown_k[:, : self.position] = buf_k[:, : self.position]
             grown_v[:, : self.position] = buf_v[:, : self.position]
             self._k[layer], self._v[layer] = buf_k, buf_v = grown_k, grown_v
@@ -66,17 +69,19 @@ class State:
         """Recurrent states are copied; KV rows below `position` are shared as read-only views,
         which is safe because a State only writes rows below its position when no view of them is
         alive (see `prepare_kv`), so a snapshot costs O(recurrent state), not O(prompt length)."""
+        host = self.backend.to_host
         return Checkpoint(
             position=self.position,
             fingerprint=self.fingerprint,
-            recurrent=tuple((_frozen(c), _frozen(s)) for c, s in zip(self.conv, self.ssm)),
+            recurrent=tuple((_frozen(host(c)), _frozen(host(s))) for c, s in zip(self.conv, self.ssm)),
             kv=tuple(
-                (_readonly(k[:, : self.position].transpose(1, 0, 2)), _readonly(v[:, : self.position].transpose(1, 0, 2)))
+                (_readonly(host(k[:, : self.position]).transpose(1, 0, 2)),
+                 _readonly(host(v[:, : self.position]).transpose(1, 0, 2)))
                 for k, v in zip(self._k, self._v)
             ),
         )
 
-    def prepare_kv(self, position: int, keep: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    def prepare_kv(self, position: int, keep: int = 0) -> list[tuple[Array, Array]]:
         """KV buffers for a restore to `position` (with room to grow) that keep this state's first
         `keep` rows (the caller made sure they are the KV of the same tokens); returns per attention
         layer writable [position, n_kv, d] views for the caller to fill from row `keep` on. Until
@@ -89,7 +94,7 @@ class State:
         for i in range(len(self._k)):
             if keep == 0 or self._k[i].shape[1] < position or _viewed(self._k, i) or _viewed(self._v, i):
                 for bufs in (self._k, self._v):
-                    grown = np.empty((c.n_kv_head, position + RESTORE_HEADROOM, c.head_dim), np.float32)
+                    grown = self.backend.zeros((c.n_kv_head, position + RESTORE_HEADROOM, c.head_dim))
                     grown[:, :keep] = bufs[i][:, :keep]
                     bufs[i] = grown
             views.append((self._k[i][:, :position].transpose(1, 0, 2), self._v[i][:, :position].transpose(1, 0, 2)))
@@ -106,15 +111,15 @@ class State:
         for i, (conv, ssm) in enumerate(recurrent):
             if conv.shape != self.conv[i].shape or ssm.shape != self.ssm[i].shape:
                 raise ValueError("checkpoint recurrent state shape does not match the model")
-            self.conv[i] = np.array(conv, np.float32)
-            self.ssm[i] = np.array(ssm, np.float32)
+            self.conv[i] = self.backend.from_host(conv)
+            self.ssm[i] = self.backend.from_host(ssm)
         self.position = position
 
     @classmethod
-    def from_checkpoint(cls, config: ModelConfig, fingerprint: str, ckpt: "Checkpoint") -> "State":
+    def from_checkpoint(cls, config: ModelConfig, fingerprint: str, backend: Backend, ckpt: "Checkpoint") -> "State":
         if ckpt.fingerprint != fingerprint:
             raise ValueError("checkpoint belongs to a different model (fingerprint mismatch)")
-        state = cls(config, fingerprint)
+        state = cls(config, fingerprint, backend)
         if len(ckpt.kv) != len(state._k):
             raise ValueError("checkpoint layer count does not match the model")
         for (k_rows, v_rows), (k, v) in zip(state.prepare_kv(ckpt.position), ckpt.kv):

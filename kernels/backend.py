@@ -1,40 +1,151 @@
 """The compute interface the model code is written against.
 
-The model (engine/qwen35.py) only calls these operations; a backend decides how weights are held
-and how each op runs. `kernels.numpy_backend.NumpyBackend` is the readable reference every faster
-backend (e.g. a CUDA one) is tested against.
+The model (engine/qwen35.py) only calls these operations on the backend's own arrays, so a backend
+decides where weights, activations, KV and recurrent state live (host memory, a device) and how
+each op runs. Weights arrive as `StoredTensor`s: the GGML type, shape and block bytes exactly as
+the file holds them (memory mapped), so a backend can compute on quantized blocks without ever
+making a float32 copy. Only `to_host` brings an array back (the logits, a snapshot).
+
+`kernels.numpy_backend.NumpyBackend` is the readable reference every faster backend is tested
+against.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+Array = Any  # a backend's own array type (numpy for the CPU backends, an opaque handle elsewhere)
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A tensor as a GGUF file stores it: `shape` in numpy order (rows = outputs, last axis along
+    the blocks), `data` the raw block bytes (uint8, usually a read-only memory map)."""
+
+    name: str
+    qtype: GGMLQuantizationType
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+    @property
+    def row_nbytes(self) -> int:
+        block, type_size = GGML_QUANT_SIZES[self.qtype]
+        return self.shape[-1] // block * type_size
+
+    @property
+    def n_rows(self) -> int:
+        return int(np.prod(self.shape[:-1], dtype=np.int64))
+
+    def __getitem__(self, index: int) -> "StoredTensor":
+        """Sub-tensor `index` along the first axis (an expert of a [E, rows, cols] tensor); no copy."""
+        inner = self.shape[1:]
+        size = int(np.prod(inner[:-1], dtype=np.int64)) * self.row_nbytes
+        return StoredTensor(f"{self.name}[{index}]", self.qtype, inner, self.data[index * size : (index + 1) * size])
+
+    def rows(self, start: int, stop: int) -> "StoredTensor":
+        """Rows start:stop of a matrix; no copy."""
+        n = self.row_nbytes
+        return StoredTensor(self.name, self.qtype, (stop - start, self.shape[-1]), self.data[start * n : stop * n])
+
+
+@dataclass(frozen=True)
+class DeltaNetShape:
+    hk: int  # key heads
+    hv: int  # value heads (V head h reads K head h mod hk)
+    d: int  # head dim (dk == dv)
+    conv_kernel: int
+    eps: float
+
+    @property
+    def conv_channels(self) -> int:
+        return (2 * self.hk + self.hv) * self.d
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    n_head: int
+    n_kv: int
+    hd: int
+    rope_dims: int
+    inv_freq: np.ndarray  # float64 [rope_dims // 2]
+    eps: float
+
+
+AppendKV = Callable[[Array, Array], tuple[Array, Array]]
 
 
 class Backend(Protocol):
     name: str
+    supported_types: frozenset[GGMLQuantizationType]  # weight types it computes on
 
-    def weight(self, w: np.ndarray) -> object:
-        """Take a float32 weight (numpy order, rows = outputs) into the backend's own form."""
+    # -- weights (called once at load)
+    def weight(self, parts: Sequence[StoredTensor]) -> object:
+        """A linear layer's weight: the parts' rows stacked (fused projections), [rows, in]."""
 
-    def linear(self, x: np.ndarray, w: object) -> np.ndarray:
+    def embedding(self, table: StoredTensor) -> object:
+        """A lookup table [n_vocab, n_embd]; rows are decoded when looked up."""
+
+    def vector(self, a: np.ndarray) -> Array:
+        """A small float32 parameter (norm gains, conv taps, gates) in the backend's form."""
+
+    @property
+    def resident_weight_bytes(self) -> int:
+        """Bytes of weights this backend holds in its own memory (not counting memory maps)."""
+
+    # -- activations
+    def embed(self, table: object, ids: np.ndarray) -> Array:
+        """Rows `ids` (host int array) of the table, float32 [T, n_embd]."""
+
+    def linear(self, x: Array, w: object) -> Array:
         """x [T, in] -> x @ w.T [T, out]."""
 
-    def rms_norm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-        """RMS-normalise over the last axis and scale by w (w broadcast over leading axes)."""
+    def rms_norm(self, x: Array, w: Array, eps: float) -> Array:
+        """RMS-normalise over the last axis and scale by w."""
 
-    def causal_conv(self, u: np.ndarray, state: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Depthwise causal conv + SiLU. u [T, C], state [K-1, C] (previous raw inputs), w [C, K].
+    def add(self, a: Array, b: Array) -> Array:
+        """a + b (the residual stream; a may be updated in place)."""
 
-        Returns (SiLU(conv) [T, C], new state = last K-1 raw inputs)."""
+    def last_row(self, x: Array) -> Array:
+        """x[-1:]."""
 
-    def delta_rule(
-        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray, beta: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Gated delta rule. q, k [T, H, dk] (normalised, q scaled), v [T, H, dv], g (log decay) and
-        beta [T, H], state S [H, dk, dv]. Returns (o [T, H, dv], new state)."""
+    def swiglu(self, gate_up: Array) -> Array:
+        """SiLU(first half of the columns) * second half."""
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Causal GQA softmax attention for the last T positions. q [T, H, d]; k, v [L, Hkv, d] hold
-        all L >= T positions so far (query t sits at position L - T + t). Returns [T, H, d]."""
+    def sigmoid_gate(self, y: Array, x: Array, w: Array) -> Array:
+        """y * sigmoid(x @ w)[:, None] (the shared expert's gate)."""
+
+    def gated_delta_net(
+        self, proj: Array, conv_w: Array, dt_bias: Array, a: Array, norm_w: Array,
+        conv_state: Array, ssm_state: Array, shape: DeltaNetShape,
+    ) -> tuple[Array, Array, Array]:
+        """The Gated DeltaNet core between its two projections. proj [T, C + Vd + 2 Hv] holds
+        [qkv | z | beta logits | alpha]: causal conv + SiLU, L2-normed q and k, gates, the delta
+        rule, then RMSNorm(o) * SiLU(z). Returns (y [T, Vd], new conv state, new ssm state)."""
+
+    def gated_attention(
+        self, proj: Array, q_norm: Array, k_norm: Array, position: int, append_kv: AppendKV, shape: AttentionShape,
+    ) -> Array:
+        """The gated attention core between its two projections. proj [T, ...] holds
+        [per head (query | gate) | k | v]: q/k RMSNorm, NEOX RoPE at positions position.., KV appended
+        through `append_kv(k, v)` (which returns all keys and values so far, [L, n_kv, hd]),
+        causal GQA attention, times sigmoid(gate). Returns [T, n_head * hd]."""
+
+    def moe(self, x: Array, router: object, gate_up: Sequence[object], down: Sequence[object],
+            n_used: int, scale: float) -> Array:
+        """Routed experts: softmax over experts, top-n_used renormalised (times `scale` unless 0/1),
+        each expert's SwiGLU MLP run on its own tokens only."""
+
+    # -- state storage
+    def zeros(self, shape: tuple[int, ...]) -> Array:
+        """A new float32 array of zeros."""
+
+    def to_host(self, a: Array) -> np.ndarray:
+        """The array as numpy (a view where the array already lives in host memory)."""
+
+    def from_host(self, a: np.ndarray) -> Array:
+        """A new backend array holding a copy of `a` (float32)."""

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+from kernels import quant
+from kernels.backend import AppendKV, AttentionShape, DeltaNetShape, StoredTensor
 
 CHUNK = 64  # delta-rule chunk length (same as llama.cpp and HF)
 RECURRENT_MAX_TOKENS = 4  # below this, the token-by-token form is cheaper than one chunk
@@ -27,10 +33,36 @@ def softplus(x: np.ndarray) -> np.ndarray:
 
 
 class NumpyBackend:
-    name = "numpy"
+    """Float32 numpy throughout: weights are decoded to float32 once at load (memory heavy, but
+    every op reads like the math it implements)."""
 
-    def weight(self, w: np.ndarray) -> np.ndarray:
-        return w if w.dtype == np.float32 and w.flags.c_contiguous else np.ascontiguousarray(w, np.float32)
+    name = "numpy"
+    supported_types = quant.SUPPORTED_TYPES
+
+    def __init__(self) -> None:
+        self._decoded: dict[tuple[str, ...], np.ndarray] = {}
+
+    # -- weights
+    def weight(self, parts: Sequence[StoredTensor]) -> np.ndarray:
+        """Decoded once per tensor: a tied output layer shares the embedding's array."""
+        key = tuple(p.name for p in parts)
+        if key not in self._decoded:
+            self._decoded[key] = np.concatenate([decode(p) for p in parts]) if len(parts) > 1 else decode(parts[0])
+        return self._decoded[key]
+
+    def embedding(self, table: StoredTensor) -> np.ndarray:
+        return self.weight([table])
+
+    def vector(self, a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a, np.float32)
+
+    @property
+    def resident_weight_bytes(self) -> int:
+        return sum(w.nbytes for w in self._decoded.values() if w.flags.owndata)
+
+    # -- activations
+    def embed(self, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return table[ids]
 
     def linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         return x @ w.T
@@ -45,7 +77,83 @@ class NumpyBackend:
         out *= w
         return out
 
+    def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a + b
+
+    def last_row(self, x: np.ndarray) -> np.ndarray:
+        return x[-1:]
+
+    def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
+        half = gate_up.shape[1] // 2
+        out = silu(gate_up[:, :half])
+        out *= gate_up[:, half:]
+        return out
+
+    def sigmoid_gate(self, y: np.ndarray, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return y * sigmoid(x @ w)[:, None]
+
+    def gated_delta_net(self, proj, conv_w, dt_bias, a, norm_w, conv_state, ssm_state, shape: DeltaNetShape):
+        t = proj.shape[0]
+        hk, hv, d, eps = shape.hk, shape.hv, shape.d, shape.eps
+        cc, vd, kd = shape.conv_channels, hv * d, hk * d
+        mixed, conv_state = self.causal_conv(proj[:, :cc], conv_state, conv_w)
+        z = proj[:, cc : cc + vd].reshape(t, hv, d)
+        beta = sigmoid(proj[:, cc + vd : cc + vd + hv])
+        g = a * softplus(proj[:, cc + vd + hv :] + dt_bias)
+        q = l2norm(mixed[:, :kd].reshape(t, hk, d), eps)
+        k = l2norm(mixed[:, kd : 2 * kd].reshape(t, hk, d), eps)
+        v = mixed[:, 2 * kd :].reshape(t, hv, d)
+        tile = np.arange(hv) % hk  # GGUF qwen35: V head h reads K head h mod Hk
+        q = q[:, tile] * np.float32(1.0 / np.sqrt(d))
+        k = k[:, tile]
+        o, ssm_state = self.delta_rule(q, k, v, g, beta, ssm_state)
+        y = self.rms_norm(o, norm_w, eps) * silu(z)
+        return y.reshape(t, vd), conv_state, ssm_state
+
+    def gated_attention(self, proj, q_norm, k_norm, position: int, append_kv: AppendKV, shape: AttentionShape):
+        t, hd, nh, nkv = proj.shape[0], shape.hd, shape.n_head, shape.n_kv
+        nq = 2 * nh * hd
+        qg = proj[:, :nq].reshape(t, nh, 2 * hd)
+        q, gate = qg[..., :hd], qg[..., hd:]
+        q = self.rms_norm(q, q_norm, shape.eps)
+        k = self.rms_norm(proj[:, nq : nq + nkv * hd].reshape(t, nkv, hd), k_norm, shape.eps)
+        v = proj[:, nq + nkv * hd :].reshape(t, nkv, hd)
+        positions = np.arange(position, position + t)
+        q, k = rope(q, positions, shape), rope(k, positions, shape)
+        keys, values = append_kv(k, v)
+        out = self.attention(q, keys, values) * sigmoid(gate)
+        return out.reshape(t, nh * hd)
+
+    def moe(self, x, router, gate_up, down, n_used: int, scale: float):
+        logits = self.linear(x, router)
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        top = np.argpartition(-probs, n_used - 1, axis=-1)[:, :n_used]
+        weights = np.take_along_axis(probs, top, axis=-1)
+        weights /= weights.sum(axis=-1, keepdims=True)
+        if scale not in (0.0, 1.0):
+            weights *= scale
+        out = np.zeros_like(x)
+        for e in np.unique(top):  # each expert runs on the tokens routed to it, once
+            rows, slot = np.nonzero(top == e)
+            ye = self.linear(self.swiglu(self.linear(x[rows], gate_up[e])), down[e])
+            out[rows] += weights[rows, slot][:, None] * ye
+        return out
+
+    # -- state storage
+    def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.zeros(shape, np.float32)
+
+    def to_host(self, a: np.ndarray) -> np.ndarray:
+        return a
+
+    def from_host(self, a: np.ndarray) -> np.ndarray:
+        return np.array(a, np.float32)
+
+    # -- building blocks of the ops above
     def causal_conv(self, u: np.ndarray, state: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Depthwise causal conv + SiLU. u [T, C], state [K-1, C] (previous raw inputs), w [C, K].
+        Returns (SiLU(conv) [T, C], new state = last K-1 raw inputs)."""
         km1 = state.shape[0]
         padded = np.concatenate([state, u], axis=0)
         t = u.shape[0]
@@ -55,6 +163,8 @@ class NumpyBackend:
         return silu(out), padded[t:].copy()
 
     def delta_rule(self, q, k, v, g, beta, state):
+        """Gated delta rule. q, k [T, H, dk] (normalised, q scaled), v [T, H, dv], g (log decay)
+        and beta [T, H], state S [H, dk, dv]. Returns (o [T, H, dv], new state)."""
         if q.shape[0] < RECURRENT_MAX_TOKENS:
             return delta_rule_recurrent(q, k, v, g, beta, state)
         return delta_rule_chunked(q, k, v, g, beta, state)
@@ -83,6 +193,34 @@ class NumpyBackend:
                 scores /= scores.sum(axis=-1, keepdims=True)
                 out[s:e, g * r : (g + 1) * r] = (scores @ values).reshape(e - s, r, d)
         return out
+
+def decode(t: StoredTensor) -> np.ndarray:
+    """The tensor as float32 in numpy order (F32 tensors are used in place)."""
+    if t.qtype == QT.F32:
+        return t.data.view(np.float32).reshape(t.shape)
+    return quant.dequantize(t.data, t.qtype, t.shape)
+
+
+def l2norm(x: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(sum x^2 + eps) per head (the HF form; llama.cpp's max(|x|, eps) differs by ~eps)."""
+    norm = np.add.reduce(np.square(x), axis=-1, keepdims=True)
+    norm += np.float32(eps)
+    np.sqrt(norm, out=norm)
+    return x / norm
+
+
+def rope(x: np.ndarray, positions: np.ndarray, shape: AttentionShape) -> np.ndarray:
+    """NEOX rotary embedding on the first rope_dims dims (pairs i, i + rope_dims/2)."""
+    half = shape.rope_dims // 2
+    angles = positions[:, None].astype(np.float64) * shape.inv_freq[None, :]
+    cos = np.cos(angles).astype(np.float32)[:, None, :]
+    sin = np.sin(angles).astype(np.float32)[:, None, :]
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    out = x.copy()
+    out[..., :half] = x1 * cos - x2 * sin
+    out[..., half : 2 * half] = x2 * cos + x1 * sin
+    return out
+
 
 def delta_rule_recurrent(q, k, v, g, beta, state):
     """Token-by-token gated delta rule: S <- e^g S; S <- S + k (beta (v - S^T k))^T; o = S^T q."""

@@ -96,7 +96,7 @@ def test_unsupported_tensor_type(tiny_path, tmp_path):
     block, size = gguf.GGML_QUANT_SIZES[qt]
     raw = np.zeros((t.ne[1], t.ne[0] // block * size), np.uint8)
     bad = _rewrite(tiny_path, tmp_path / "type.gguf", replace=(name, raw, qt))
-    with pytest.raises(ModelFormatError, match=f"unsupported type {qt.name}"):
+    with pytest.raises(ModelFormatError, match=f"tensor {name} has unsupported type {qt.name}"):
         load_model(bad)
 
 
