@@ -19,6 +19,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-think", action="store_true", help="render the prompt with thinking disabled")
+    from agentd.serve_cli import add_engine_args
+
+    add_engine_args(p)
     p.set_defaults(run=_run_generate)
 
 
@@ -71,7 +74,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     params.validate()
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be at least 1")
-    model = load_model(_model_path(args.model), progress=True)
+    model = load_model(_model_path(args.model), progress=True, backend=args.backend, threads=args.threads)
     prompt = model.chat_template.render(
         [{"role": "user", "content": args.prompt}], add_generation_prompt=True, enable_thinking=not args.no_think
     )

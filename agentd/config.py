@@ -25,6 +25,8 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     cache_disk_mb: int = 16384  # SQLite tier budget (blob bytes); 0 disables the disk tier
     checkpoint_interval: int = 2048  # extra checkpoints every N tokens inside long messages
     preserve_thinking: bool = False  # keep remembered reasoning of turns before the last user query
+    backend: str = "auto"  # "cpu" (compiled, weights as stored), "numpy" (float32 reference), "auto": cpu if built
+    threads: int | None = None  # compute threads; None: the physical cores
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_active", "prefill_chunk", "default_max_tokens", "max_body_bytes",
@@ -35,5 +37,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"n_ctx must be at least 2, got {self.n_ctx}")
         if self.cache_ram_mb < 0 or self.cache_disk_mb < 0:
             raise ValueError("cache budgets must not be negative")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")

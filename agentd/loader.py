@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 from agentd.config import ServeConfig
 from agentd.prefix_cache import PrefixCache
 from engine.constraint import GrammarCompiler
+
+log = logging.getLogger("agentd")
 
 _PROBE_MESSAGES = [
     {"role": "user", "content": "x"},
@@ -37,7 +41,10 @@ def load(config: ServeConfig, progress: bool = True) -> LoadedModel:
     from engine.synthetic import ensure_default_model
 
     path = Path(config.model_path) if config.model_path else ensure_default_model(progress=progress)
-    model = engine.load_model(path, progress=progress)
+    started = time.monotonic()
+    model = engine.load_model(path, progress=progress, backend=config.backend, threads=config.threads)
+    log.info("model %s loaded in %.1f s on the %s backend: %s", path.name, time.monotonic() - started,
+             model.backend.name, resident_summary(model))
     loaded = prepare(model, name=config.model_name or path.stem, n_ctx=config.n_ctx)
     if not config.cache_enabled:
         return loaded
@@ -46,6 +53,14 @@ def load(config: ServeConfig, progress: bool = True) -> LoadedModel:
         max_live=config.max_active,
     )
     return dataclasses.replace(loaded, cache=cache)
+
+
+def resident_summary(model: Any) -> str:
+    """Weight bytes as mapped from the file and as decoded by the backend, and the process RSS."""
+    mapped = model.path.stat().st_size
+    decoded = model.backend.resident_weight_bytes
+    rss = next((int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith("VmRSS:")), 0)
+    return f"weights {mapped / 2**20:,.0f} MiB mapped + {decoded / 2**20:,.0f} MiB decoded, RSS {rss / 2**20:,.0f} MiB"
 
 
 def prepare(model: Any, name: str, n_ctx: int | None = None) -> LoadedModel:

@@ -62,7 +62,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "before it; costs context tokens and shows the model old reasoning it was not trained to see. "
         "Requests override it with chat_template_kwargs.preserve_thinking",
     )  # fmt: skip
+    add_engine_args(p)
     p.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """--backend and --threads, shared by `serve` and `generate`."""
+    from kernels import BACKENDS
+
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="auto",
+        help="compute backend: cpu (compiled kernels on the weights as stored), numpy (float32 reference), "
+        "auto (cpu when its extension is built, else numpy with a warning) (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--threads", type=int, metavar="N", help="compute threads (default: the physical cores)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -82,6 +95,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         cache_disk_mb=args.cache_disk_mb,
         checkpoint_interval=args.checkpoint_interval,
         preserve_thinking=args.preserve_thinking,
+        backend=args.backend,
+        threads=args.threads,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from math import prod
 from pathlib import Path
 
 from engine.gguf_loader import GGUFFile
@@ -35,6 +36,8 @@ def describe(path: str | Path) -> str:
         ),
         f"recurrent state per sequence: {_mib(c.recurrent_state_bytes)}",
         f"attention KV per token (f32): {c.kv_bytes_per_token:,} B",
+        f"weight data: {_mib(sum(i.nbytes for i in infos))} as stored (memory mapped by the cpu backend), "
+        f"{_mib(4 * sum(prod(i.ne) for i in infos))} as float32 (numpy backend)",
         "tensor types: " + ", ".join(f"{t} x{n}" for t, n in sorted(Counter(i.qtype for i in infos).items())),
         "",
         f"{'tensor':<40} {'type':<8} shape (ne)",

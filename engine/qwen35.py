@@ -212,7 +212,7 @@ class Qwen35:
         be = self.be
         proj = be.linear(x, w.qkv)
         y = be.gated_attention(
-            proj, w.q_norm, w.k_norm, state.position, lambda k, v: state.append_kv(j, k, v), self.attn_shape
+            proj, w.q_norm, w.k_norm, state.position, lambda end: state.kv_buffers(j, end), self.attn_shape
         )
         return be.linear(y, w.o)
 

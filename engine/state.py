@@ -38,15 +38,14 @@ class State:
         self.conv = [be.zeros((c.conv_kernel - 1, c.conv_channels)) for _ in range(n_rec)]
         self.ssm = [be.zeros((c.ssm_dt_rank, c.ssm_d_state, c.ssm_d_state)) for _ in range(n_rec)]
         # KV buffers are head-major [n_kv, capacity, head_dim] so each head's keys are one contiguous
-        # matrix for BLAS; the public views (append_kv, snapshots) are [positions, n_kv, head_dim].
+        # matrix for BLAS; snapshots and restores see [positions, n_kv, head_dim] views.
         n_attn = len(c.attention_layer_ids)
         self._k = [be.zeros((c.n_kv_head, 0, c.head_dim)) for _ in range(n_attn)]
         self._v = [be.zeros((c.n_kv_head, 0, c.head_dim)) for _ in range(n_attn)]
 
-    def append_kv(self, layer: int, k: Array, v: Array) -> tuple[Array, Array]:
-        """Write K/V [T, n_kv, d] for positions [position, position + T); return [end, n_kv, d] views of
-        all keys/values so far."""
-        end = self.position + k.shape[0]
+    def kv_buffers(self, layer: int, end: int) -> tuple[Array, Array]:
+        """The head-major K and V buffers [n_kv, capacity >= end, d] of attention layer `layer`, for
+        the model to write rows [position, end) and read rows [0, end)."""
         buf_k, buf_v = self._k[layer], self._v[layer]
         if end > buf_k.shape[1]:
             cap = max(end, 2 * buf_k.shape[1], 256)
@@ -55,9 +54,7 @@ class State:
             grown_k[:, : self.position] = buf_k[:, : self.position]
             grown_v[:, : self.position] = buf_v[:, : self.position]
             self._k[layer], self._v[layer] = buf_k, buf_v = grown_k, grown_v
-        buf_k[:, self.position : end] = k.transpose(1, 0, 2)
-        buf_v[:, self.position : end] = v.transpose(1, 0, 2)
-        return buf_k[:, :end].transpose(1, 0, 2), buf_v[:, :end].transpose(1, 0, 2)
+        return buf_k, buf_v
 
     @property
     def nbytes(self) -> int:

@@ -76,7 +76,7 @@ class AttentionShape:
     eps: float
 
 
-AppendKV = Callable[[Array, Array], tuple[Array, Array]]
+KVBuffers = Callable[[int], tuple[Array, Array]]  # end -> head-major K, V [n_kv, capacity >= end, hd]
 
 
 class Backend(Protocol):
@@ -128,12 +128,12 @@ class Backend(Protocol):
         rule, then RMSNorm(o) * SiLU(z). Returns (y [T, Vd], new conv state, new ssm state)."""
 
     def gated_attention(
-        self, proj: Array, q_norm: Array, k_norm: Array, position: int, append_kv: AppendKV, shape: AttentionShape,
+        self, proj: Array, q_norm: Array, k_norm: Array, position: int, kv: KVBuffers, shape: AttentionShape,
     ) -> Array:
         """The gated attention core between its two projections. proj [T, ...] holds
-        [per head (query | gate) | k | v]: q/k RMSNorm, NEOX RoPE at positions position.., KV appended
-        through `append_kv(k, v)` (which returns all keys and values so far, [L, n_kv, hd]),
-        causal GQA attention, times sigmoid(gate). Returns [T, n_head * hd]."""
+        [per head (query | gate) | k | v]: q/k RMSNorm, NEOX RoPE at positions position.., K and V
+        written to rows position.. of the buffers `kv(position + T)` returns, causal GQA attention
+        over rows 0..position + T, times sigmoid(gate). Returns [T, n_head * hd]."""
 
     def moe(self, x: Array, router: object, gate_up: Sequence[object], down: Sequence[object],
             n_used: int, scale: float) -> Array:

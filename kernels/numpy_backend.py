@@ -8,7 +8,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from kernels import quant
-from kernels.backend import AppendKV, AttentionShape, DeltaNetShape, StoredTensor
+from kernels.backend import KVBuffers, AttentionShape, DeltaNetShape, StoredTensor
 
 CHUNK = 64  # delta-rule chunk length (same as llama.cpp and HF)
 RECURRENT_MAX_TOKENS = 4  # below this, the token-by-token form is cheaper than one chunk
@@ -110,7 +110,7 @@ class NumpyBackend:
         y = self.rms_norm(o, norm_w, eps) * silu(z)
         return y.reshape(t, vd), conv_state, ssm_state
 
-    def gated_attention(self, proj, q_norm, k_norm, position: int, append_kv: AppendKV, shape: AttentionShape):
+    def gated_attention(self, proj, q_norm, k_norm, position: int, kv: KVBuffers, shape: AttentionShape):
         t, hd, nh, nkv = proj.shape[0], shape.hd, shape.n_head, shape.n_kv
         nq = 2 * nh * hd
         qg = proj[:, :nq].reshape(t, nh, 2 * hd)
@@ -120,8 +120,11 @@ class NumpyBackend:
         v = proj[:, nq + nkv * hd :].reshape(t, nkv, hd)
         positions = np.arange(position, position + t)
         q, k = rope(q, positions, shape), rope(k, positions, shape)
-        keys, values = append_kv(k, v)
-        out = self.attention(q, keys, values) * sigmoid(gate)
+        end = position + t
+        k_buf, v_buf = kv(end)
+        k_buf[:, position:end] = k.transpose(1, 0, 2)
+        v_buf[:, position:end] = v.transpose(1, 0, 2)
+        out = self.attention(q, k_buf[:, :end].transpose(1, 0, 2), v_buf[:, :end].transpose(1, 0, 2)) * sigmoid(gate)
         return out.reshape(t, nh * hd)
 
     def moe(self, x, router, gate_up, down, n_used: int, scale: float):

@@ -89,7 +89,7 @@ class OpaqueBackend:
 
     @staticmethod
     def _callback(fn):
-        """append_kv: the state's buffers are handles, so its arguments go in as handles too."""
+        """The KV-buffer callback hands out the state's handles; the reference math needs their arrays."""
         return lambda *a: _unwrap(fn(*(_wrap(x) for x in a)))
 
     def to_host(self, a: Handle) -> np.ndarray:

@@ -1,0 +1,52 @@
+"""Whole-model logits of the compiled CPU backend against the numpy reference backend, on every
+preset shape and tensor-type mix, for a prompt and for decode steps after it.
+
+Tolerances: float weights (f32, f16, bf16) are multiplied in float32 by both backends, so logits
+agree to float32 rounding (max |diff| <= 1e-3 * logit std). Quantized mixes (q8_0, q4_k_m) run with
+activations quantized to int8 blocks (as llama.cpp does), so logits move by the activation
+rounding: max |diff| <= 0.05 * logit std and the arg-max token agrees at >= 90% of positions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import load_model
+
+pytest.importorskip("kernels._cpu", reason="the compiled CPU extension is not built")
+
+IDS = [248045, 846, 198, 9419, 11, 1879, 0, 35, 17, 5, 400, 12, 77, 1000, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14]
+FLOAT_MIXES = ("f32", "f16", "bf16")
+TOLERANCE = {"f32": 1e-3, "f16": 1e-3, "bf16": 1e-3, "q8_0": 0.05, "q4_k_m": 0.05}
+
+
+def _logits(model, prompt: list[int], steps: list[int]) -> np.ndarray:
+    state = model.new_state()
+    rows = [model.forward(prompt, state)]
+    rows += [model.forward([t], state) for t in steps]
+    return np.concatenate(rows)
+
+
+@pytest.mark.parametrize("qtype", list(TOLERANCE))
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe", "small"])
+def test_cpu_logits_match_numpy(model_file, preset, qtype):
+    if preset == "small" and qtype not in ("f32", "q4_k_m"):
+        pytest.skip("small: one float and one quantized mix keep the suite fast")
+    path = model_file(preset, qtype)
+    ref = _logits(load_model(path, backend="numpy"), IDS[:16], IDS[16:])
+    cpu_model = load_model(path, backend="cpu")
+    assert cpu_model.backend.name == "cpu"
+    got = _logits(cpu_model, IDS[:16], IDS[16:])
+    scale = ref.std()
+    assert np.abs(got - ref).max() <= TOLERANCE[qtype] * scale
+    agree = (got.argmax(-1) == ref.argmax(-1)).mean()
+    assert agree >= (1.0 if qtype in FLOAT_MIXES else 0.9)
+
+
+def test_cpu_backend_keeps_weights_as_stored(model_file):
+    model = load_model(model_file("tiny", "q4_k_m"), backend="cpu")
+    assert model.backend.resident_weight_bytes == 0
+    layer = model.net.w.layers[0]
+    for part in layer.mixer.in_proj.parts:
+        assert part.data.base is not None and not part.data.flags.writeable  # views of the file map
