@@ -33,6 +33,7 @@ typedef struct {
     int n;
     Py_buffer view[MAX_ARRAYS];
     const char *name[MAX_ARRAYS];
+    int writable[MAX_ARRAYS]; /* as requested: numpy reports its own flag, not the request */
 } arrays;
 
 static void release(arrays *a) {
@@ -67,7 +68,8 @@ static Py_buffer *acquire(arrays *a, PyObject *obj, const char *name, char code,
                      writable ? "writable " : "", dtype);
         return NULL;
     }
-    a->name[a->n++] = name;
+    a->name[a->n] = name;
+    a->writable[a->n++] = writable;
     if (!format_is(v->format, code) || v->itemsize != (code == 'f' ? 4 : 8)) {
         PyErr_Format(PyExc_ValueError, "%s: %s must be %s, got buffer format '%s'", a->fn, name, dtype,
                      v->format ? v->format : "B");
@@ -90,8 +92,8 @@ static Py_buffer *acquire(arrays *a, PyObject *obj, const char *name, char code,
 static int check_overlaps(arrays *a) {
     for (int i = 0; i < a->n; i++)
         for (int j = i + 1; j < a->n; j++) {
+            if (!a->writable[i] && !a->writable[j]) continue;
             const Py_buffer *x = &a->view[i], *y = &a->view[j];
-            if (x->readonly && y->readonly) continue;
             const char *x0 = x->buf, *y0 = y->buf;
             if (x->len > 0 && y->len > 0 && x0 < y0 + y->len && y0 < x0 + x->len) {
                 PyErr_Format(PyExc_ValueError, "%s: %s and %s share memory; outputs need their own arrays", a->fn,

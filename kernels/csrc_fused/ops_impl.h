@@ -24,7 +24,35 @@ static inline float OPS_SUFFIX(dot)(const float *a, const float *b, int64_t n) {
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
 }
 
-static inline float OPS_SUFFIX(sigmoid)(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* e^x within a few ulp, in branch-free code the compiler vectorises (libm's expf is one call per
+ * element): x = n ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor polynomial, 2^n built in
+ * the exponent bits. x is clamped to [-87, 88] so 2^n stays normal: e^x saturates at e^-87 and
+ * e^88 (1.6e-38 and 1.7e38), which no use here can tell from 0 and infinity. NaN stays NaN. */
+static inline float OPS_SUFFIX(vexp)(float x) {
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer, kept in the low bits */
+    const uint32_t shifter_bits = 0x4B400000u;
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float t = x * 1.44269504f + shifter;
+    const float n = t - shifter;
+    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-6f; /* ln2 split: n * hi is exact */
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    uint32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits - shifter_bits + 127u) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline float OPS_SUFFIX(sigmoid)(float x) { return 1.0f / (1.0f + OPS_SUFFIX(vexp)(-x)); }
 
 static inline float OPS_SUFFIX(silu)(float x) { return OPS_SUFFIX(sigmoid)(x) * x; }
 
@@ -49,60 +77,62 @@ static inline void OPS_SUFFIX(l2norm_row)(float *x, int64_t n, float eps, float 
 
 /* ---- Gated DeltaNet ---------------------------------------------------------------------- */
 
+/* SiLU(depthwise conv) of one token: rows[i] is the input i taps back from the newest (rows[K-1]). */
+static inline __attribute__((always_inline)) void OPS_SUFFIX(conv_token)(float *out, const float *const *rows,
+                                                                       const float *w, int64_t C, int64_t K) {
+    for (int64_t ch = 0; ch < C; ch++) {
+        float acc = rows[0][ch] * w[ch * K];
+        for (int64_t i = 1; i < K; i++) acc += rows[i][ch] * w[ch * K + i];
+        out[ch] = OPS_SUFFIX(silu)(acc);
+    }
+}
+
 /* Depthwise causal conv + SiLU of the qkv columns into mixed [T, C]; then the conv state
  * becomes the last K-1 rows of (state | inputs). Row r of that padded sequence is a state row
- * for r < K-1, else token r-(K-1)'s qkv columns. */
-static void OPS_SUFFIX(gdn_conv)(const gdn_call *c, int64_t C, int64_t W, float *wt, float *mixed) {
+ * for r < K-1, else token r-(K-1)'s qkv columns. rows: scratch for K pointers. */
+static void OPS_SUFFIX(gdn_conv)(const gdn_call *c, int64_t C, int64_t W, const float **rows, float *mixed) {
     const int64_t K = c->K, T = c->T;
-    for (int64_t ch = 0; ch < C; ch++)
-        for (int64_t i = 0; i < K; i++) wt[i * C + ch] = c->conv_w[ch * K + i]; /* tap-major: unit-stride loops */
 #define PADDED_ROW(r) ((r) < K - 1 ? c->conv_state + (r) * C : c->proj + ((r) - (K - 1)) * W)
     for (int64_t t = 0; t < T; t++) {
-        float *out = mixed + t * C;
-        const float *row = PADDED_ROW(t);
-        for (int64_t ch = 0; ch < C; ch++) out[ch] = row[ch] * wt[ch];
-        for (int64_t i = 1; i < K; i++) {
-            row = PADDED_ROW(t + i);
-            const float *wi = wt + i * C;
-            for (int64_t ch = 0; ch < C; ch++) out[ch] += row[ch] * wi[ch];
-        }
-        for (int64_t ch = 0; ch < C; ch++) out[ch] = OPS_SUFFIX(silu)(out[ch]);
+        for (int64_t i = 0; i < K; i++) rows[i] = PADDED_ROW(t + i);
+        if (K == 4) /* every Qwen3.5 model: a constant tap count lets the compiler vectorise over channels */
+            OPS_SUFFIX(conv_token)(mixed + t * C, rows, c->conv_w, C, 4);
+        else
+            OPS_SUFFIX(conv_token)(mixed + t * C, rows, c->conv_w, C, K);
     }
     /* ascending i reads row T+i before any write reaches it (writes go to rows i < T+i) */
     for (int64_t i = 0; i < K - 1 && T > 0; i++) memmove(c->conv_state + i * C, PADDED_ROW(T + i), (size_t)C * sizeof(float));
 #undef PADDED_ROW
 }
 
-/* One V head over all T tokens, state in cache throughout:
- * S <- e^g S; delta = beta (v - S^T k); S <- S + k delta^T; o = S^T q. */
+/* One V head over all T tokens, its state kept in cache throughout:
+ * S <- e^g S; delta = beta (v - S^T k); S <- S + k delta^T; o = S^T q.
+ * Written as one read-only pass (S^T k, S^T q) and one update pass, using
+ * o = e^g S_old^T q + (k . q) delta, so the state moves through memory twice instead of four times. */
 static void OPS_SUFFIX(gdn_head)(const gdn_call *c, int64_t h, const float *mixed, int64_t C, const float *beta,
-                                 const float *decay, float *pred) {
+                                 const float *decay, float *kS, float *qS) {
     const int64_t d = c->d, kd = c->hk * d, vd = c->hv * d, kh = h % c->hk;
     float *S = c->ssm_state + h * d * d;
     for (int64_t t = 0; t < c->T; t++) {
         const float *q = mixed + t * C + kh * d, *k = mixed + t * C + kd + kh * d, *v = mixed + t * C + 2 * kd + h * d;
-        const float e = decay[t * c->hv + h], b = beta[t * c->hv + h];
-        float *o = c->y + t * vd + h * d;
-        for (int64_t j = 0; j < d; j++) pred[j] = 0.0f;
+        const float e = decay[t * c->hv + h], b = beta[t * c->hv + h], kq = OPS_SUFFIX(dot)(k, q, d);
+        float *o = c->y + t * vd + h * d, *delta = kS;
+        for (int64_t j = 0; j < d; j++) kS[j] = qS[j] = 0.0f;
         for (int64_t i = 0; i < d; i++) {
-            float *s = S + i * d;
-            const float ki = k[i];
+            const float *s = S + i * d, ki = k[i], qi = q[i];
             for (int64_t j = 0; j < d; j++) {
-                s[j] *= e;
-                pred[j] += ki * s[j];
+                kS[j] += ki * s[j];
+                qS[j] += qi * s[j];
             }
         }
         for (int64_t j = 0; j < d; j++) {
-            pred[j] = b * (v[j] - pred[j]); /* now delta */
-            o[j] = 0.0f;
+            delta[j] = b * (v[j] - e * kS[j]);
+            o[j] = e * qS[j] + kq * delta[j];
         }
         for (int64_t i = 0; i < d; i++) {
             float *s = S + i * d;
-            const float ki = k[i], qi = q[i];
-            for (int64_t j = 0; j < d; j++) {
-                s[j] += ki * pred[j];
-                o[j] += qi * s[j];
-            }
+            const float ki = k[i];
+            for (int64_t j = 0; j < d; j++) s[j] = e * s[j] + ki * delta[j];
         }
     }
 }
@@ -110,11 +140,12 @@ static void OPS_SUFFIX(gdn_head)(const gdn_call *c, int64_t h, const float *mixe
 static int OPS_SUFFIX(gated_delta_net)(const gdn_call *c) {
     const int64_t T = c->T, hk = c->hk, hv = c->hv, d = c->d, K = c->K;
     const int64_t kd = hk * d, vd = hv * d, C = 2 * kd + vd, W = C + vd + 2 * hv;
-    float *scratch = malloc(sizeof(float) * (size_t)(K * C + T * C + 2 * T * hv + d));
+    void *scratch = malloc(sizeof(float *) * (size_t)K + sizeof(float) * (size_t)(T * C + 2 * T * hv + 2 * d));
     if (!scratch) return -1;
-    float *wt = scratch, *mixed = wt + K * C, *beta = mixed + T * C, *decay = beta + T * hv, *pred = decay + T * hv;
+    const float **rows = scratch; /* pointers first: malloc's alignment suits them */
+    float *mixed = (float *)(rows + K), *beta = mixed + T * C, *decay = beta + T * hv, *kS = decay + T * hv, *qS = kS + d;
 
-    OPS_SUFFIX(gdn_conv)(c, C, W, wt, mixed);
+    OPS_SUFFIX(gdn_conv)(c, C, W, rows, mixed);
     const float q_scale = (float)(1.0 / sqrt((double)d));
     for (int64_t t = 0; t < T; t++) {
         float *m = mixed + t * C;
@@ -125,10 +156,10 @@ static int OPS_SUFFIX(gated_delta_net)(const gdn_call *c) {
         const float *gates = c->proj + t * W + C + vd;
         for (int64_t h = 0; h < hv; h++) {
             beta[t * hv + h] = OPS_SUFFIX(sigmoid)(gates[h]);
-            decay[t * hv + h] = expf(c->a[h] * OPS_SUFFIX(softplus)(gates[hv + h] + c->dt_bias[h]));
+            decay[t * hv + h] = OPS_SUFFIX(vexp)(c->a[h] * OPS_SUFFIX(softplus)(gates[hv + h] + c->dt_bias[h]));
         }
     }
-    for (int64_t h = 0; h < hv; h++) OPS_SUFFIX(gdn_head)(c, h, mixed, C, beta, decay, pred);
+    for (int64_t h = 0; h < hv; h++) OPS_SUFFIX(gdn_head)(c, h, mixed, C, beta, decay, kS, qS);
 
     /* y = rms_norm(o per head) * silu(z), in place over o */
     for (int64_t t = 0; t < T; t++)
@@ -165,7 +196,7 @@ static void OPS_SUFFIX(attn_group)(const attn_call *c, int64_t g, int64_t t, con
         float top = s[0], total = 0.0f;
         for (int64_t row = 1; row < len; row++) top = s[row] > top ? s[row] : top;
         for (int64_t row = 0; row < len; row++) {
-            s[row] = expf(s[row] - top);
+            s[row] = OPS_SUFFIX(vexp)(s[row] - top);
             total += s[row];
         }
         for (int64_t row = 0; row < len; row++) s[row] /= total;
