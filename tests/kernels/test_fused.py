@@ -128,6 +128,35 @@ def test_gated_delta_net_long_step_matches_reference():
     np.testing.assert_allclose(ssm, ref_ssm, **TOL)
 
 
+def test_gated_delta_net_large_inputs_stay_finite_and_close():
+    """Saturated gates, decays near 0 and SiLU far in its tails (the fused exp saturates at e^-87, e^88)."""
+    net = DeltaNet(hk=2, hv=4, d=8)
+    rng = np.random.default_rng(11)
+    w = net.weights(rng)
+    conv, ssm = net.state(rng)
+    ref_conv, ref_ssm = conv.copy(), ssm.copy()
+    for _ in range(2):
+        proj = (rng.standard_normal((3, net.width)) * 100).astype(np.float32)
+        y = np.empty((3, net.hv * net.d), np.float32)
+        fused.gated_delta_net(proj, *w.values(), conv, ssm, y, net.hk, net.hv, net.d, EPS)
+        with np.errstate(over="ignore"):  # the reference's exp overflows to inf on purpose
+            ref_y, ref_conv, ref_ssm = reference_delta_net(net, proj, **w, conv_state=ref_conv, ssm_state=ref_ssm)
+        assert np.isfinite(y).all() and np.isfinite(ssm).all()
+        np.testing.assert_allclose(y, ref_y, rtol=0, atol=TOL["atol"] * np.abs(ref_y).max())
+        np.testing.assert_allclose(ssm, ref_ssm, rtol=0, atol=TOL["atol"] * np.abs(ref_ssm).max())
+
+
+def test_zero_tokens_change_nothing():
+    args = _delta_args(DeltaNet(hk=2, hv=4, d=8), t=0)
+    before = args["conv_state"].copy(), args["ssm_state"].copy()
+    fused.gated_delta_net(**args)
+    np.testing.assert_array_equal(args["conv_state"], before[0])
+    np.testing.assert_array_equal(args["ssm_state"], before[1])
+    attn = _attention_args(Attention(n_head=4, n_kv=2, hd=8, rope_dims=4), t=0, position=4)
+    fused.gated_attention(**attn)
+    assert not attn["k_buf"].any()
+
+
 # ---- Gated attention ----------------------------------------------------------------------
 
 
@@ -203,6 +232,20 @@ def test_gated_attention_matches_reference_over_successive_calls(net, prefix, is
         np.testing.assert_allclose(k_buf[:, :position], keys.transpose(1, 0, 2), **TOL)
         np.testing.assert_array_equal(v_buf[:, :position], values.transpose(1, 0, 2))
     assert np.isnan(k_buf[:, position:]).all() and np.isnan(v_buf[:, position:]).all()
+
+
+def test_gated_attention_peaked_softmax():
+    """Scores in the hundreds: the softmax must subtract its max (exp would overflow otherwise)."""
+    net = Attention(n_head=4, n_kv=2, hd=8, rope_dims=4)
+    args = _attention_args(net, t=3, capacity=3, position=0)
+    args["q_norm"] = args["k_norm"] = np.full(net.hd, 8.0, np.float32)
+    args["proj"] *= 100
+    fused.gated_attention(**args)
+    empty = np.zeros((0, net.n_kv, net.hd), np.float32)
+    with np.errstate(over="ignore"):  # the reference's sigmoid overflows to inf on purpose
+        ref_y, _, _ = reference_attention(net, args["proj"], args["q_norm"], args["k_norm"], empty, empty, 0)
+    assert np.isfinite(args["y"]).all()
+    np.testing.assert_allclose(args["y"], ref_y, rtol=0, atol=TOL["atol"] * np.abs(ref_y).max())
 
 
 # ---- Norms and the FFN gate ---------------------------------------------------------------
