@@ -124,6 +124,14 @@ static int check_eps(const char *fn, double eps) {
 
 #define F(view) ((float *)(view)->buf)
 
+/* End of a call: release the arrays; status 0 -> None, 1 -> out of memory, -1 -> the error set. */
+static PyObject *done(arrays *a, int status) {
+    release(a);
+    if (status > 0) return PyErr_NoMemory();
+    if (status < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(gated_delta_net_doc,
              "gated_delta_net(proj, conv_w, dt_bias, a, norm_w, conv_state, ssm_state, y, hk, hv, d, eps)\n--\n\n"
              "Gated DeltaNet mixer for T = proj.shape[0] tokens, one after another (recurrent form).\n"
@@ -167,12 +175,9 @@ static PyObject *py_gated_delta_net(PyObject *self, PyObject *args, PyObject *kw
     };
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = ops->gated_delta_net(&call);
-    Py_END_ALLOW_THREADS release(&a);
-    if (rc) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    Py_END_ALLOW_THREADS return done(&a, rc ? 1 : 0);
 fail:
-    release(&a);
-    return NULL;
+    return done(&a, -1);
 }
 
 PyDoc_STRVAR(gated_attention_doc,
@@ -229,12 +234,9 @@ static PyObject *py_gated_attention(PyObject *self, PyObject *args, PyObject *kw
     };
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = ops->gated_attention(&call);
-    Py_END_ALLOW_THREADS release(&a);
-    if (rc) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    Py_END_ALLOW_THREADS return done(&a, rc ? 1 : 0);
 fail:
-    release(&a);
-    return NULL;
+    return done(&a, -1);
 }
 
 /* x [..., n] seen as rows x n, and its per-column weight w [n]. */
@@ -260,11 +262,9 @@ static PyObject *py_rms_norm(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_buffer *w, *out, *x = acquire_rows(&a, o_x, "x", 0, o_w, &w, &rows, &n);
     if (!x || !(out = acquire(&a, o_out, "out", 'f', 1, x->ndim, x->shape)) || check_overlaps(&a)) goto fail;
     Py_BEGIN_ALLOW_THREADS ops->rms_norm(F(x), F(w), F(out), rows, n, (float)eps);
-    Py_END_ALLOW_THREADS release(&a);
-    Py_RETURN_NONE;
+    Py_END_ALLOW_THREADS return done(&a, 0);
 fail:
-    release(&a);
-    return NULL;
+    return done(&a, -1);
 }
 
 PyDoc_STRVAR(add_rms_norm_doc,
@@ -284,11 +284,9 @@ static PyObject *py_add_rms_norm(PyObject *self, PyObject *args, PyObject *kwarg
         !(out = acquire(&a, o_out, "out", 'f', 1, h->ndim, h->shape)) || check_overlaps(&a))
         goto fail;
     Py_BEGIN_ALLOW_THREADS ops->add_rms_norm(F(h), F(y), F(w), F(out), rows, n, (float)eps);
-    Py_END_ALLOW_THREADS release(&a);
-    Py_RETURN_NONE;
+    Py_END_ALLOW_THREADS return done(&a, 0);
 fail:
-    release(&a);
-    return NULL;
+    return done(&a, -1);
 }
 
 PyDoc_STRVAR(swiglu_doc, "swiglu(gu, out)\n--\n\nout = silu(gu[..., :n]) * gu[..., n:] for gu [..., 2n], out [..., n].");
@@ -311,11 +309,9 @@ static PyObject *py_swiglu(PyObject *self, PyObject *args, PyObject *kwargs) {
     if (!(out = acquire(&a, o_out, "out", 'f', 1, gu->ndim, shape)) || check_overlaps(&a)) goto fail;
     const Py_ssize_t rows = width ? gu->len / 4 / width : 0;
     Py_BEGIN_ALLOW_THREADS ops->swiglu(F(gu), F(out), rows, width / 2);
-    Py_END_ALLOW_THREADS release(&a);
-    Py_RETURN_NONE;
+    Py_END_ALLOW_THREADS return done(&a, 0);
 fail:
-    release(&a);
-    return NULL;
+    return done(&a, -1);
 }
 
 PyDoc_STRVAR(isa_doc, "isa() -> str\n--\n\nThe instruction-set variant in use: 'avx2' or 'generic'.");

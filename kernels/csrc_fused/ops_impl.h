@@ -1,10 +1,10 @@
 /* The fused ops, written once and compiled per instruction set: the including file defines
  * OPS_SUFFIX, OPS_TABLE and OPS_NAME (and may set a target pragma first).
  *
- * Loops are plain C that the compiler vectorises at -O3. The order of float operations follows
- * the numpy reference (kernels/numpy_backend.py, engine/qwen35.py) so results differ from it only
- * by the summation order of reductions; fp contraction is off (-std=c11), so both variants give
- * the same bits.
+ * Loops are plain C that the compiler vectorises at -O3 (-fno-trapping-math lets it if-convert
+ * the float compares). The float operations follow the numpy reference (kernels/numpy_backend.py,
+ * engine/qwen35.py) except for the order of reductions, the delta-rule output (see gdn_head) and
+ * exp (vexp); fp contraction is off (-std=c11), so both variants give the same bits.
  */
 #include <math.h>
 #include <stdlib.h>
