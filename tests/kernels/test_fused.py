@@ -1,4 +1,4 @@
-"""kernels._fused against the numpy backend composed as engine/qwen35.py composes it.
+"""kernels._fused against the numpy reference backend's ops.
 
 Tolerance: float32 rounding. The fused ops differ from the reference only in the order of
 reductions (dot products, norms, softmax sums), in the delta-rule output written as
@@ -8,13 +8,12 @@ with the largest reference value.
 """
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from engine.qwen35 import Qwen35, _l2norm
-from kernels.numpy_backend import NumpyBackend, delta_rule_recurrent, sigmoid, silu, softplus
+from kernels.backend import AttentionShape, DeltaNetShape
+from kernels.numpy_backend import NumpyBackend, silu
 
 fused = pytest.importorskip("kernels._fused", reason="kernels._fused is not built (python setup.py build_ext --inplace)")
 
@@ -77,20 +76,9 @@ class DeltaNet:
 
 
 def reference_delta_net(net: DeltaNet, proj, conv_w, dt_bias, a, norm_w, conv_state, ssm_state):
-    """Qwen35._delta_net minus the two matmuls, with the recurrent delta rule."""
-    t, (hk, hv, d) = proj.shape[0], (net.hk, net.hv, net.d)
-    cc, vd, kd = net.channels, hv * d, hk * d
-    mixed, conv_state = be.causal_conv(proj[:, :cc], conv_state, conv_w)
-    z = proj[:, cc : cc + vd].reshape(t, hv, d)
-    beta = sigmoid(proj[:, cc + vd : cc + vd + hv])
-    g = a * softplus(proj[:, cc + vd + hv :] + dt_bias)
-    q = _l2norm(mixed[:, :kd].reshape(t, hk, d), EPS)
-    k = _l2norm(mixed[:, kd : 2 * kd].reshape(t, hk, d), EPS)
-    v = mixed[:, 2 * kd :].reshape(t, hv, d)
-    tile = np.arange(hv) % hk
-    o, ssm_state = delta_rule_recurrent(q[:, tile] * np.float32(1.0 / np.sqrt(d)), k[:, tile], v, g, beta, ssm_state)
-    y = be.rms_norm(o, norm_w, EPS) * silu(z)
-    return y.reshape(t, vd), conv_state, ssm_state
+    """The numpy backend's op (recurrent below 4 tokens, chunked above)."""
+    shape = DeltaNetShape(net.hk, net.hv, net.d, net.kernel, EPS)
+    return be.gated_delta_net(proj, conv_w, dt_bias, a, norm_w, conv_state, ssm_state, shape)
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -166,25 +154,17 @@ class Attention:
         half = self.rope_dims // 2
         return self.base ** (-np.arange(half, dtype=np.float64) * 2.0 / self.rope_dims)
 
-    def rope(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Qwen35._rope itself, on a stand-in for the model object (it reads only these two fields)."""
-        model = SimpleNamespace(c=SimpleNamespace(rope_dims=self.rope_dims), _inv_freq=self.inv_freq)
-        return Qwen35._rope(model, x, positions)
 
 
 def reference_attention(net: Attention, proj, q_norm, k_norm, keys, values, position):
-    """Qwen35._attention minus the two matmuls; keys, values [position, n_kv, hd] hold the prefix."""
-    t, hd = proj.shape[0], net.hd
-    nq, nkv = 2 * net.n_head * hd, net.n_kv * hd
-    qg = proj[:, :nq].reshape(t, net.n_head, 2 * hd)
-    q = be.rms_norm(qg[..., :hd], q_norm, EPS)
-    k = be.rms_norm(proj[:, nq : nq + nkv].reshape(t, net.n_kv, hd), k_norm, EPS)
-    v = proj[:, nq + nkv :].reshape(t, net.n_kv, hd)
-    positions = np.arange(position, position + t)
-    q, k = net.rope(q, positions), net.rope(k, positions)
-    keys, values = np.concatenate([keys, k]), np.concatenate([values, v])
-    out = be.attention(q, keys, values) * sigmoid(qg[..., hd:])
-    return out.reshape(t, net.n_head * hd), keys, values
+    """The numpy backend's op on head-major copies; keys, values [position, n_kv, hd] hold the prefix."""
+    t = proj.shape[0]
+    k_buf = np.zeros((net.n_kv, position + t, net.hd), np.float32)
+    v_buf = np.zeros_like(k_buf)
+    k_buf[:, :position], v_buf[:, :position] = keys.transpose(1, 0, 2), values.transpose(1, 0, 2)
+    shape = AttentionShape(net.n_head, net.n_kv, net.hd, net.rope_dims, net.inv_freq, EPS)
+    y = be.gated_attention(proj, q_norm, k_norm, position, lambda end: (k_buf, v_buf), shape)
+    return y, k_buf.transpose(1, 0, 2), v_buf.transpose(1, 0, 2)
 
 
 ATTN_DIMS = [Attention(n_head=8, n_kv=2, hd=256, rope_dims=64), Attention(n_head=4, n_kv=2, hd=8, rope_dims=4), Attention(n_head=3, n_kv=1, hd=6, rope_dims=6)]
