@@ -184,21 +184,22 @@ class Qwen35:
 
     def forward(self, token_ids: np.ndarray, state: State, last_only: bool = False) -> np.ndarray:
         """Float32 host logits [T, n_vocab] (or [1, n_vocab]); advances `state`."""
-        c, be = self.c, self.be
+        c, be, layers = self.c, self.be, self.w.layers
         h = be.embed(self.w.embedding, token_ids)
-        for i, lw in enumerate(self.w.layers):
-            x = be.rms_norm(h, lw.attn_norm, c.eps)
+        x = be.rms_norm(h, layers[0].attn_norm, c.eps)
+        next_norms = [lw.attn_norm for lw in layers[1:]] + [self.w.output_norm]
+        for i, (lw, next_norm) in enumerate(zip(layers, next_norms)):
             if isinstance(lw.mixer, DeltaNetWeights):
                 y = self._delta_net(x, lw.mixer, state, self._rec_index[i])
             else:
                 y = self._attention(x, lw.mixer, state, self._attn_index[i])
-            h = be.add(h, y)
-            x = be.rms_norm(h, lw.post_norm, c.eps)
-            h = be.add(h, self._moe(x, lw.ffn) if isinstance(lw.ffn, MoEWeights) else self._ffn(x, lw.ffn))
+            h, x = be.add_rms_norm(h, y, lw.post_norm, c.eps)
+            y = self._moe(x, lw.ffn) if isinstance(lw.ffn, MoEWeights) else self._ffn(x, lw.ffn)
+            h, x = be.add_rms_norm(h, y, next_norm, c.eps)  # the next layer's input norm, or the output norm
         state.position += len(token_ids)
         if last_only:
-            h = be.last_row(h)
-        return be.to_host(be.linear(be.rms_norm(h, self.w.output_norm, c.eps), self.w.output))
+            x = be.last_row(x)
+        return be.to_host(be.linear(x, self.w.output))
 
     def _delta_net(self, x: Array, w: DeltaNetWeights, state: State, j: int) -> Array:
         be = self.be

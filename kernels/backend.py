@@ -108,7 +108,10 @@ class Backend(Protocol):
         """RMS-normalise over the last axis and scale by w."""
 
     def add(self, a: Array, b: Array) -> Array:
-        """a + b (the residual stream; a may be updated in place)."""
+        """a + b."""
+
+    def add_rms_norm(self, h: Array, y: Array, w: Array, eps: float) -> tuple[Array, Array]:
+        """The residual step: (h + y, rms_norm(h + y, w)); h may be updated in place."""
 
     def last_row(self, x: Array) -> Array:
         """x[-1:]."""

@@ -88,6 +88,28 @@ class CpuBackend(NumpyBackend):
             _cpu.qmatmul(part.data, int(part.qtype), part.n_rows, part.shape[-1], x, out, col)
         return out
 
+    def rms_norm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+        if _fused is None or not x.flags.c_contiguous:
+            return super().rms_norm(x, w, eps)
+        out = np.empty_like(x)
+        _fused.rms_norm(x, w, eps, out)
+        return out
+
+    def add_rms_norm(self, h: np.ndarray, y: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+        if _fused is None:
+            return super().add_rms_norm(h, y, w, eps)
+        h = np.ascontiguousarray(h)  # owned by the forward pass: updated in place
+        out = np.empty_like(h)
+        _fused.add_rms_norm(h, np.ascontiguousarray(y), w, eps, out)
+        return h, out
+
+    def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
+        if _fused is None:
+            return super().swiglu(gate_up)
+        out = np.empty((gate_up.shape[0], gate_up.shape[1] // 2), np.float32)
+        _fused.swiglu(np.ascontiguousarray(gate_up), out)
+        return out
+
     def gated_delta_net(self, proj, conv_w, dt_bias, a, norm_w, conv_state, ssm_state, shape: DeltaNetShape):
         if _fused is None or proj.shape[0] > FUSED_MAX_TOKENS:
             return super().gated_delta_net(proj, conv_w, dt_bias, a, norm_w, conv_state, ssm_state, shape)

@@ -80,6 +80,10 @@ class NumpyBackend:
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a + b
 
+    def add_rms_norm(self, h: np.ndarray, y: np.ndarray, w: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+        h = h + y
+        return h, self.rms_norm(h, w, eps)
+
     def last_row(self, x: np.ndarray) -> np.ndarray:
         return x[-1:]
 
