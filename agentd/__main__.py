@@ -72,11 +72,14 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be at least 1")
     model = load_model(_model_path(args.model), progress=True)
-    prompt = model.chat_template.render(
-        [{"role": "user", "content": args.prompt}], add_generation_prompt=True, enable_thinking=not args.no_think
+    prompt = model.chat_template.render_prompt(
+        [{"role": "user", "content": args.prompt}],
+        add_generation_prompt=True,
+        literal=model.tokenizer.added_texts,  # PROMPT is text, as message content is in `serve`
+        enable_thinking=not args.no_think,
     )
     decoder = model.tokenizer.stream_decoder()
-    for token in generate(model, model.tokenizer.encode(prompt), params, args.max_tokens):
+    for token in generate(model, model.tokenizer.encode(prompt.text, prompt.literal), params, args.max_tokens):
         sys.stdout.write(decoder.push(token))
         sys.stdout.flush()
     sys.stdout.write(decoder.flush() + "\n")

@@ -25,6 +25,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     cache_disk_mb: int = 16384  # SQLite tier budget (blob bytes); 0 disables the disk tier
     checkpoint_interval: int = 2048  # extra checkpoints every N tokens inside long messages
     preserve_thinking: bool = False  # keep remembered reasoning of turns before the last user query
+    parse_special_in_content: bool = False  # let request text such as "<|im_end|>" become control tokens
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_active", "prefill_chunk", "default_max_tokens", "max_body_bytes",

@@ -62,6 +62,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "before it; costs context tokens and shows the model old reasoning it was not trained to see. "
         "Requests override it with chat_template_kwargs.preserve_thinking",
     )  # fmt: skip
+    p.add_argument(
+        "--parse-special-in-content", action="store_true",
+        help="tokenize added-token texts such as <|im_end|> written in messages, tool results and tool "
+        "arguments as the control tokens they spell (unsafe: a tool result can forge a turn); by default "
+        "they are ordinary text and only the chat template's structure makes control tokens",
+    )  # fmt: skip
     p.add_argument("--verbose", action="store_true", help="debug logging")
 
 
@@ -82,6 +88,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         cache_disk_mb=args.cache_disk_mb,
         checkpoint_interval=args.checkpoint_interval,
         preserve_thinking=args.preserve_thinking,
+        parse_special_in_content=args.parse_special_in_content,
     )
 
 
