@@ -10,14 +10,17 @@ from engine.config import ModelFormatError
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="stream the completion of a chat prompt to stdout")
+    p = sub.add_parser(
+        "generate", help="stream the completion of a chat prompt to stdout",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
     p.add_argument("prompt", help="the user message")
     p.add_argument("--model", help="GGUF file (default: the embedded default model)")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=20)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=256, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
+    p.add_argument("--top-k", type=int, default=20, help="sample among the K likeliest tokens (0: all)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (None: random)")
     p.add_argument("--no-think", action="store_true", help="render the prompt with thinking disabled")
     p.set_defaults(run=_run_generate)
 
@@ -32,6 +35,7 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="inspect or clear the on-disk session cache")
     p.add_argument("action", choices=["stats", "ls", "clear"])
     p.add_argument("--cache-dir", help="cache directory (default: ~/.cache/agentd/sessions)")
+    p.add_argument("--force", action="store_true", help="with clear: delete the database files (also a damaged one)")
     p.set_defaults(run=_run_cache)
 
 
@@ -42,7 +46,9 @@ def _run_cache(args: argparse.Namespace) -> int:
     from cache import admin
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    if args.action == "clear":
+    if args.action == "clear" and args.force:
+        print("removed " + (", ".join(map(str, admin.remove(cache_dir))) or "nothing"))
+    elif args.action == "clear":
         print(f"removed {admin.clear(cache_dir)} checkpoints from {cache_dir}")
     elif args.action == "stats":
         for row in admin.summary(cache_dir) or [{}]:
