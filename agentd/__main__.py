@@ -10,14 +10,17 @@ from engine.config import ModelFormatError
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="stream the completion of a chat prompt to stdout")
+    p = sub.add_parser(
+        "generate", help="stream the completion of a chat prompt to stdout",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
     p.add_argument("prompt", help="the user message")
     p.add_argument("--model", help="GGUF file (default: the embedded default model)")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=20)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=256, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
+    p.add_argument("--top-k", type=int, default=20, help="sample among the K likeliest tokens (0: all)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (None: random)")
     p.add_argument("--no-think", action="store_true", help="render the prompt with thinking disabled")
     from agentd.serve_cli import add_engine_args
 
@@ -35,6 +38,7 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="inspect or clear the on-disk session cache")
     p.add_argument("action", choices=["stats", "ls", "clear"])
     p.add_argument("--cache-dir", help="cache directory (default: ~/.cache/agentd/sessions)")
+    p.add_argument("--force", action="store_true", help="with clear: delete the database files (also a damaged one)")
     p.set_defaults(run=_run_cache)
 
 
@@ -45,7 +49,9 @@ def _run_cache(args: argparse.Namespace) -> int:
     from cache import admin
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    if args.action == "clear":
+    if args.action == "clear" and args.force:
+        print("removed " + (", ".join(map(str, admin.remove(cache_dir))) or "nothing"))
+    elif args.action == "clear":
         print(f"removed {admin.clear(cache_dir)} checkpoints from {cache_dir}")
     elif args.action == "stats":
         for row in admin.summary(cache_dir) or [{}]:
@@ -75,11 +81,14 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise ValueError("--max-tokens must be at least 1")
     model = load_model(_model_path(args.model), progress=True, backend=args.backend, threads=args.threads)
-    prompt = model.chat_template.render(
-        [{"role": "user", "content": args.prompt}], add_generation_prompt=True, enable_thinking=not args.no_think
+    prompt = model.chat_template.render_prompt(
+        [{"role": "user", "content": args.prompt}],
+        add_generation_prompt=True,
+        literal=model.tokenizer.added_texts,  # PROMPT is text, as message content is in `serve`
+        enable_thinking=not args.no_think,
     )
     decoder = model.tokenizer.stream_decoder()
-    for token in generate(model, model.tokenizer.encode(prompt), params, args.max_tokens):
+    for token in generate(model, model.tokenizer.encode(prompt.text, prompt.literal), params, args.max_tokens):
         sys.stdout.write(decoder.push(token))
         sys.stdout.flush()
     sys.stdout.write(decoder.flush() + "\n")

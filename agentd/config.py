@@ -27,6 +27,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     preserve_thinking: bool = False  # keep remembered reasoning of turns before the last user query
     backend: str = "auto"  # "cpu" (compiled, weights as stored), "numpy" (float32 reference), "auto": cpu if built
     threads: int | None = None  # compute threads; None: the physical cores
+    parse_special_in_content: bool = False  # let request text such as "<|im_end|>" become control tokens
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_active", "prefill_chunk", "default_max_tokens", "max_body_bytes",

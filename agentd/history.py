@@ -152,9 +152,11 @@ def _num_ids(turns: Iterable[GeneratedTurn]) -> int:
     return sum(len(turn.body_ids) for turn in turns)
 
 
-def last_query_index(messages: Sequence[dict[str, Any]]) -> int | None:
+def last_query_index(messages: Sequence[dict[str, Any]], markup_in_content: bool = False) -> int | None:
     """The template's last real user query: the latest user message that is not only tool
     responses. Assistant turns after it are rendered with their reasoning, earlier ones without.
+    Only with `markup_in_content` (--parse-special-in-content) does the template see a user
+    message written as `<tool_response>...</tool_response>` as one; otherwise that text is text.
     None when there is none (the template refuses such a conversation) or a user message's
     content is not text."""
     for i in range(len(messages) - 1, -1, -1):
@@ -164,7 +166,7 @@ def last_query_index(messages: Sequence[dict[str, Any]]) -> int | None:
         if text is None:
             return None
         text = text.strip()
-        if not (text.startswith("<tool_response>") and text.endswith("</tool_response>")):
+        if not (markup_in_content and text.startswith("<tool_response>") and text.endswith("</tool_response>")):
             return i
     return None
 

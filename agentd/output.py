@@ -78,12 +78,13 @@ class TextPipeline:
             events += self._close()
         return events
 
-    def finish(self) -> list[ParsedEvent]:
-        """Generation ended: release held text and close open reasoning / tool calls."""
+    def finish(self, truncated: bool = False) -> list[ParsedEvent]:
+        """Generation ended: release held text and close open reasoning / tool calls.
+        `truncated` (the token limit): a tool-call tag cut off half-way is dropped, not content."""
         if self.stopped:
             return []
         emit, hit = self._stop.feed(self._decoder.flush())
-        return self._route(emit if hit else emit + self._stop.flush()) + self._close()
+        return self._route(emit if hit else emit + self._stop.flush()) + self._close(truncated)
 
     def _route(self, text: str) -> list[ParsedEvent]:
         if not text:
@@ -110,11 +111,11 @@ class TextPipeline:
             kept.append(event)
         return kept
 
-    def _close(self) -> list[ParsedEvent]:
+    def _close(self, truncated: bool = False) -> list[ParsedEvent]:
         self.stopped = True
         events = self._parse(self._splitter.finish()) if self._splitter else []
         if self._parser is not None:
-            events += self._count_calls(self._parser.finish())
+            events += self._count_calls(self._parser.finish(truncated))
         return events
 
 
@@ -152,7 +153,7 @@ async def output_events(
                 yield Done(_reason("stop", pipeline), num_tokens, job.stats)
                 return
         elif isinstance(event, Finished):
-            for parsed in pipeline.finish():
+            for parsed in pipeline.finish(truncated=event.reason == "length"):
                 yield parsed
             yield Done(_reason(event.reason, pipeline), num_tokens, job.stats)
             return

@@ -18,6 +18,7 @@ from agentd.history import MESSAGE_START, TURN_CLOSE, TURN_OPEN, GeneratedTurns,
 from agentd.loader import LoadedModel
 from agentd.output import TextPipeline
 from agentd.runner import GenerationRequest
+from engine.chat_template import RenderedPrompt
 from engine.sampling import Sampler, SamplingParams
 from tools.grammar import json_schema_grammar, tool_call_grammar
 from tools.hermes import HermesParser
@@ -73,14 +74,17 @@ class Plan:
     pipeline: TextPipeline
 
 
-def render_chat(loaded: LoadedModel, chat: ChatInput) -> str:
-    """The template's rendering of the conversation (the one place the template runs)."""
+def render_chat(loaded: LoadedModel, chat: ChatInput, literal_content: bool = True) -> RenderedPrompt:
+    """The template's rendering of the conversation (the one place the template runs). With
+    `literal_content`, added-token texts in the request's strings are marked as text, so that
+    only the template's structure becomes control tokens."""
+    literal = loaded.model.tokenizer.added_texts if literal_content else ()
     kwargs = {k: v for k, v in chat.template_kwargs.items() if k not in _RESERVED_TEMPLATE_KWARGS}
     if chat.tool_choice.mode in ("required", "named") or chat.json_output:
         kwargs["enable_thinking"] = False  # the grammar must apply to the first generated token
     try:
-        return loaded.model.chat_template.render(
-            chat.messages, tools=chat.tools or None, add_generation_prompt=True, **kwargs
+        return loaded.model.chat_template.render_prompt(
+            chat.messages, tools=chat.tools or None, add_generation_prompt=True, literal=literal, **kwargs
         )
     except (ValueError, TypeError) as exc:  # TemplateError: the template refused this conversation
         raise PlanError(f"could not apply the chat template: {exc}", "messages") from exc
@@ -95,19 +99,24 @@ class Prompt:
 
 
 def chat_prompt(
-    loaded: LoadedModel, chat: ChatInput, turns: GeneratedTurns | None = None, preserve_thinking: bool = False
+    loaded: LoadedModel,
+    chat: ChatInput,
+    turns: GeneratedTurns | None = None,
+    preserve_thinking: bool = False,
+    literal_content: bool = True,
 ) -> Prompt:
     """The prompt of a chat request, as text and ids (also served by /apply-template and
-    count_tokens). Assistant messages that `turns` remembers are put back as the ids they were
-    generated as: those the template renders with their reasoning (after the last user query),
-    and with `preserve_thinking` (the serve default, or the request's
-    chat_template_kwargs.preserve_thinking) the earlier ones too. Anything that cannot be
-    spliced exactly is rendered by the template alone."""
+    count_tokens). Added-token texts the request wrote are ordinary text unless
+    `literal_content` is off (--parse-special-in-content). Assistant messages that `turns`
+    remembers are put back as the ids they were generated as: those the template renders with
+    their reasoning (after the last user query), and with `preserve_thinking` (the serve default,
+    or the request's chat_template_kwargs.preserve_thinking) the earlier ones too. Anything that
+    cannot be spliced exactly is rendered by the template alone."""
     preserve = _preserve_thinking(chat, preserve_thinking)
-    text = render_chat(loaded, chat)
-    bodies = _remembered_bodies(chat.messages, turns, preserve) if turns is not None else {}
-    spliced = _splice(loaded, chat, text, bodies) if bodies else None
-    return spliced or Prompt(text, loaded.model.tokenizer.encode(text))
+    rendered = render_chat(loaded, chat, literal_content)
+    bodies = _remembered_bodies(chat.messages, turns, preserve, literal_content) if turns is not None else {}
+    spliced = _splice(loaded, chat, rendered.text, bodies, literal_content) if bodies else None
+    return spliced or Prompt(rendered.text, loaded.model.tokenizer.encode(rendered.text, rendered.literal))
 
 
 def _preserve_thinking(chat: ChatInput, default: bool) -> bool:
@@ -118,16 +127,18 @@ def _preserve_thinking(chat: ChatInput, default: bool) -> bool:
 
 
 def _remembered_bodies(
-    messages: list[dict[str, Any]], turns: GeneratedTurns, preserve: bool
+    messages: list[dict[str, Any]], turns: GeneratedTurns, preserve: bool, literal_content: bool
 ) -> dict[int, list[int]]:
-    last_query = last_query_index(messages)
+    last_query = last_query_index(messages, markup_in_content=not literal_content)
     if last_query is None:
         return {}
     wanted = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and (preserve or i > last_query)]
     return turns.bodies(messages, wanted)
 
 
-def _splice(loaded: LoadedModel, chat: ChatInput, plain: str, bodies: dict[int, list[int]]) -> Prompt | None:
+def _splice(
+    loaded: LoadedModel, chat: ChatInput, plain: str, bodies: dict[int, list[int]], literal_content: bool
+) -> Prompt | None:
     """Render with each remembered turn replaced by a unique marker, cut the text at the turns'
     frames and put the remembered ids between the pieces. None (render plainly) when the frame
     is not where it must be, the pieces differ from the plain rendering outside the turns, or
@@ -141,24 +152,28 @@ def _splice(loaded: LoadedModel, chat: ChatInput, plain: str, bodies: dict[int, 
         {"role": "assistant", "content": markers[i]} if i in markers else m for i, m in enumerate(chat.messages)
     ]
     order = sorted(bodies)
-    pieces = _cut(render_chat(loaded, dataclasses.replace(chat, messages=messages)), [markers[i] for i in order])
-    if pieces is None or not _frames_the_same(plain, pieces):
+    marked = render_chat(loaded, dataclasses.replace(chat, messages=messages), literal_content)
+    bounds = _cut(marked.text, [markers[i] for i in order])
+    if bounds is None:
         return None
-    ids = tokenizer.encode(pieces[0])
-    texts = [pieces[0]]
+    pieces = [marked.slice(start, end) for start, end in bounds]
+    if not _frames_the_same(plain, [piece.text for piece in pieces]):
+        return None
+    ids = tokenizer.encode(pieces[0].text, pieces[0].literal)
+    texts = [pieces[0].text]
     for i, piece in zip(order, pieces[1:]):
-        piece_ids = tokenizer.encode(piece)
+        piece_ids = tokenizer.encode(piece.text, piece.literal)
         if tuple(ids[-len(frame.open_ids) :]) != frame.open_ids or piece_ids[:1] != [frame.close_id]:
             return None
         ids += bodies[i] + piece_ids
-        texts += [tokenizer.decode(bodies[i]), piece]
+        texts += [tokenizer.decode(bodies[i]), piece.text]
     return Prompt("".join(texts), ids)
 
 
-def _cut(marked: str, markers: list[str]) -> list[str] | None:
-    """The text around each marked turn's body: pieces[k] ends with the turn opening and
-    pieces[k + 1] starts with its closing. None when a marker is not alone in its turn."""
-    pieces, start = [], 0
+def _cut(marked: str, markers: list[str]) -> list[tuple[int, int]] | None:
+    """The (start, end) bounds of the text around each marked turn's body: piece k ends with the
+    turn opening and piece k + 1 starts with its closing. None when a marker is not alone in its turn."""
+    bounds, start = [], 0
     for marker in markers:
         at = marked.find(marker, start)
         if at < 0 or marked.count(marker) != 1:
@@ -170,9 +185,9 @@ def _cut(marked: str, markers: list[str]) -> list[str] | None:
         scaffold = marked[body_start:at]  # e.g. the empty think block of a turn shown with reasoning
         if MESSAGE_START in scaffold or TURN_CLOSE in scaffold:
             return None
-        pieces.append(marked[start:body_start])
+        bounds.append((start, body_start))
         start = end
-    return pieces + [marked[start:]]
+    return bounds + [(start, len(marked))]
 
 
 def _frames_the_same(plain: str, pieces: list[str]) -> bool:
@@ -192,7 +207,7 @@ def plan_chat(
     loaded: LoadedModel, config: ServeConfig, request_id: str, chat: ChatInput, turns: GeneratedTurns | None = None
 ) -> Plan:
     _check_tool_choice(chat)
-    prompt = chat_prompt(loaded, chat, turns, config.preserve_thinking)
+    prompt = chat_prompt(loaded, chat, turns, config.preserve_thinking, not config.parse_special_in_content)
     prompt_ids = prompt.ids
     room = _room(loaded, prompt_ids)
     mode = _effective_tool_mode(chat)

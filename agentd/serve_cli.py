@@ -63,6 +63,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Requests override it with chat_template_kwargs.preserve_thinking",
     )  # fmt: skip
     add_engine_args(p)
+    p.add_argument(
+        "--parse-special-in-content", action="store_true",
+        help="tokenize added-token texts such as <|im_end|> written in messages, tool results and tool "
+        "arguments as the control tokens they spell (unsafe: a tool result can forge a turn); by default "
+        "they are ordinary text and only the chat template's structure makes control tokens",
+    )  # fmt: skip
     p.add_argument("--verbose", action="store_true", help="debug logging")
 
 
@@ -97,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         preserve_thinking=args.preserve_thinking,
         backend=args.backend,
         threads=args.threads,
+        parse_special_in_content=args.parse_special_in_content,
     )
 
 

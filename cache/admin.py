@@ -7,7 +7,9 @@ that still indexes a deleted row treats it as a miss).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,25 @@ def database_path(cache_dir: Path) -> Path:
     return path
 
 
-def _read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """SQLite errors name no file ("database disk image is malformed"): say which, and the way out."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise sqlite3.DatabaseError(
+            f"session cache database {path}: {exc} (`agentd cache clear --force` removes it)"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    with _naming(path):
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def summary(cache_dir: Path) -> list[dict[str, Any]]:
@@ -55,8 +74,8 @@ def entries(cache_dir: Path) -> list[dict[str, Any]]:
 
 def clear(cache_dir: Path) -> int:
     """Delete every checkpoint and KV block; returns how many checkpoints were removed."""
-    con = sqlite3.connect(database_path(cache_dir), timeout=5.0, isolation_level=None)
-    try:
+    path = database_path(cache_dir)
+    with _naming(path), contextlib.closing(sqlite3.connect(path, timeout=5.0, isolation_level=None)) as con:
         con.execute("BEGIN IMMEDIATE")
         removed = con.execute("DELETE FROM checkpoints").rowcount
         con.execute("DELETE FROM kv_blocks")
@@ -64,6 +83,16 @@ def clear(cache_dir: Path) -> int:
             con.execute("DELETE FROM kv_block_refs")
         con.execute("COMMIT")
         con.execute("VACUUM")
-    finally:
-        con.close()
+    return removed
+
+
+def remove(cache_dir: Path) -> list[Path]:
+    """Delete the database files themselves (also a damaged database); returns those removed.
+    A daemon that has the database open keeps writing to the removed file: stop it first."""
+    path = database_path(cache_dir)
+    removed = []
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            file.unlink()
+            removed.append(file)
     return removed

@@ -5,12 +5,23 @@ environment transformers gives them (trim_blocks, lstrip_blocks, loop controls, 
 `raise_exception`, `strftime_now`). Inputs are prepared as transformers and llama.cpp do: reasoning
 under its other names is copied to `reasoning_content`, and tool-call arguments sent as JSON text
 (the OpenAI wire form) are decoded into objects, since templates walk them with `|items`.
+
+`render_prompt` also says where the request's own text (message content, tool arguments, tool
+definitions) wrote the text of an added token such as `<|im_end|>`: the tokenizer keeps those as
+ordinary text, so that only the template's own structure produces control tokens. The template
+sees such text as an opaque marker, so it cannot act on it either; the one exception is the
+`<think>...</think>` an assistant message may lead its content with, which the template splits off
+as the reasoning the model wrote.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
+import secrets
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -22,6 +33,21 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 DEFAULT_TEMPLATE: str = (resources.files("engine") / "templates" / "qwen35.jinja").read_text(encoding="utf-8")
 
 _REASONING_ALIASES = ("reasoning_content", "thinking", "reasoning")
+THINK_TAGS = frozenset({"<think>", "</think>"})  # reasoning the model wrote, split off by the template
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """Prompt text, and the (start, end) spans in it where the request's own text spelled an
+    added token's text (to be tokenized as ordinary text)."""
+
+    text: str
+    literal: tuple[tuple[int, int], ...] = ()
+
+    def slice(self, start: int, end: int) -> RenderedPrompt:
+        """text[start:end] with the spans inside it (spans never straddle a cut at structure)."""
+        inside = tuple((a - start, b - start) for a, b in self.literal if start <= a and b <= end)
+        return RenderedPrompt(self.text[start:end], inside)
 
 
 class TemplateError(ValueError):
@@ -48,7 +74,29 @@ class ChatTemplate:
         """Prompt text for `messages`; extra keyword arguments (e.g. enable_thinking) reach the template."""
         if not isinstance(messages, list):
             raise TemplateError(f"messages must be a list, got {type(messages).__name__}")
+        return self._render([_prepare_message(m) for m in messages], tools, add_generation_prompt, kwargs)
+
+    def render_prompt(
+        self,
+        messages: list[dict],
+        tools: list[dict] | None = None,
+        add_generation_prompt: bool = True,
+        literal: Collection[str] = (),
+        **kwargs: Any,
+    ) -> RenderedPrompt:
+        """Like `render`, and the texts in `literal` (added-token texts) that the request's own
+        strings contain are reported as spans instead of being left to look like structure."""
+        if not isinstance(messages, list):
+            raise TemplateError(f"messages must be a list, got {type(messages).__name__}")
         prepared = [_prepare_message(m) for m in messages]
+        if not literal:
+            return RenderedPrompt(self._render(prepared, tools, add_generation_prompt, kwargs))
+        masks = _Masks(literal)
+        masked = [masks.message(m) for m in prepared]
+        text = self._render(masked, masks.value(tools), add_generation_prompt, masks.value(kwargs))
+        return masks.unmask(text)
+
+    def _render(self, prepared: list[Any], tools: Any, add_generation_prompt: bool, kwargs: dict) -> str:
         try:
             return self._template.render(
                 messages=prepared,
@@ -61,6 +109,62 @@ class ChatTemplate:
             raise TemplateError(exc.message or str(exc)) from exc
         except (TypeError, ValueError, LookupError, AttributeError) as exc:
             raise TemplateError(f"chat template failed on this conversation: {exc}") from exc
+
+
+class _Masks:
+    """Replaces added-token texts in request strings by unguessable markers (letters and digits,
+    which no template filter such as trim or tojson alters) and puts them back after rendering."""
+
+    def __init__(self, literal: Collection[str]):
+        self._texts = sorted(literal, key=len, reverse=True)  # longest first, as the tokenizer matches
+        nonce = secrets.token_hex(8)
+        self._markers = {text: f"agentdlit{nonce}n{k}z" for k, text in enumerate(self._texts)}
+        self._found = re.compile(f"agentdlit{nonce}n([0-9]+)z")
+        self._all = _alternation(self._texts)
+        self._assistant_content = _alternation([t for t in self._texts if t not in THINK_TAGS])
+
+    def message(self, message: Any) -> Any:
+        if not isinstance(message, dict) or "content" not in message:
+            return self.value(message)
+        masked = {k: self.value(v) for k, v in message.items() if k != "content"}
+        pattern = self._assistant_content if message.get("role") == "assistant" else self._all
+        masked["content"] = _masked(message["content"], pattern, self._markers)
+        return masked
+
+    def value(self, value: Any) -> Any:
+        """`value` with every string in it (keys too) masked."""
+        return _masked(value, self._all, self._markers)
+
+    def unmask(self, text: str) -> RenderedPrompt:
+        pieces: list[str] = []
+        spans: list[tuple[int, int]] = []
+        at = length = 0
+        for match in self._found.finditer(text):
+            pieces.append(text[at : match.start()])
+            length += match.start() - at
+            original = self._texts[int(match.group(1))]
+            pieces.append(original)
+            spans.append((length, length + len(original)))
+            length += len(original)
+            at = match.end()
+        pieces.append(text[at:])
+        return RenderedPrompt("".join(pieces), tuple(spans))
+
+
+def _alternation(texts: list[str]) -> re.Pattern[str] | None:
+    return re.compile("|".join(map(re.escape, texts))) if texts else None
+
+
+def _masked(value: Any, pattern: re.Pattern[str] | None, markers: dict[str, str]) -> Any:
+    if pattern is None:
+        return value
+    if isinstance(value, str):
+        return pattern.sub(lambda m: markers[m.group()], value)
+    if isinstance(value, dict):
+        return {_masked(k, pattern, markers): _masked(v, pattern, markers) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v, pattern, markers) for v in value]
+    return value
 
 
 def _environment() -> ImmutableSandboxedEnvironment:

@@ -7,11 +7,12 @@ the text between them is NFC-normalised (HF's normalizer; llama.cpp skips it).
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import itertools
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import gguf
 import tiktoken
@@ -76,19 +77,40 @@ class Tokenizer:
         self.eos_id = vocab.eos_id
         self.eog_ids = frozenset({vocab.eos_id, *(i for text, i in added.items() if text in EOG_TEXTS)})
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; added tokens written in the text (e.g. "<|im_start|>") become their ids."""
+    @property
+    def added_texts(self) -> frozenset[str]:
+        """The texts of the added tokens (control tokens and the like of `<think>`)."""
+        return frozenset(self._added)
+
+    def encode(self, text: str, literal: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Token ids of `text`; added tokens written in the text (e.g. "<|im_start|>") become their
+        ids, except inside the `literal` spans ((start, end) character ranges, sorted and disjoint),
+        whose text is tokenized as ordinary text together with the text around it."""
         ids: list[int] = []
         start = 0
-        for match in self._added_pattern.finditer(text) if self._added_pattern else ():
-            ids += self._encode_plain(text[start : match.start()])
+        for match in self._added_matches(text, literal):
+            ids += self.encode_plain(text[start : match.start()])
             ids.append(self._added[match.group()])
             start = match.end()
-        ids += self._encode_plain(text[start:])
+        ids += self.encode_plain(text[start:])
         return ids
 
-    def _encode_plain(self, text: str) -> list[int]:
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of `text` with no added tokens: "<|im_end|>" is the ordinary text it spells."""
         return self.encoding.encode_ordinary(unicodedata.normalize("NFC", text)) if text else []
+
+    def _added_matches(self, text: str, literal: Sequence[tuple[int, int]]) -> Iterator[re.Match[str]]:
+        if self._added_pattern is None:
+            return
+        starts = [span[0] for span in literal]
+        at = 0
+        while match := self._added_pattern.search(text, at):
+            before = bisect.bisect_left(starts, match.end()) - 1  # the last span starting inside or before
+            if before >= 0 and literal[before][1] > match.start():
+                at = match.start() + 1  # text of the request: a later, shorter match may still be structure
+                continue
+            yield match
+            at = match.end()
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes a token stands for (added tokens: their UTF-8 text; unused fillers: nothing)."""

@@ -22,17 +22,25 @@ one space, or a newline and up to 32 spaces/tabs) and every string, raw or JSON,
 `max_string_chars` unless its schema sets maxLength. Raw XML values count that cap in regex steps:
 one per character, except around `<`, where a step reads up to `</parameter` plus one character
 (or a run of `<`-pieces that all start like `</parameter>`; no legitimate text is refused).
-Tool schemas compile leniently (unsupported keywords are ignored: a client cannot change its
-tools); a response_format schema with unsupported keywords is rejected when compiled.
+Schemas are enforced exactly or refused (ValueError naming the tool, parameter and keyword; the
+daemon answers 400): a keyword or `pattern` regex llguidance cannot enforce, a root `$ref` that
+does not resolve, and, in the Qwen XML format, root keywords other than properties/required/
+additionalProperties (true or false) and text-parameter keywords other than enum, const,
+minLength, maxLength and pattern (`format` on raw text is an annotation). In tool schemas a
+`format` llguidance does not know is an annotation too (as JSON Schema has it) and is dropped;
+known ones are enforced on JSON values. response_format refuses unknown formats.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Literal
 
-from tools.schema import ToolSchemas, name_and_parameters
+import llguidance
+
+from tools.schema import ANNOTATIONS, ToolSchemas, name_and_parameters, resolve_local_ref
 
 DEFAULT_MAX_STRING_CHARS = 32768
 MAX_PARALLEL_CALLS = 8
@@ -41,7 +49,9 @@ MAX_UNDECLARED_PARAMETERS = 16  # for functions whose schema declares no propert
 PARAMETER_CLOSE = "</parameter>"
 PARAMETER_END = "\n</parameter>\n"  # the template's newline before the tag and after it
 _JSON_OPTIONS = {"whitespace_pattern": r"(?:\n[ \t]{0,32}| )?"}
-_TOOL_JSON_OPTIONS = {**_JSON_OPTIONS, "lenient": True}
+# What the Qwen XML format can enforce at the root of a function's parameters and on a raw text value.
+_XML_ROOT_KEYWORDS = ANNOTATIONS | {"type", "properties", "required", "additionalProperties", "$defs", "definitions"}
+_RAW_TEXT_KEYWORDS = ANNOTATIONS | {"type", "enum", "const", "minLength", "maxLength", "pattern", "format"}
 # With these an object's keys are not all in its own `properties`: closing it would refuse some.
 _OPEN_ENDED = frozenset({"allOf", "anyOf", "oneOf", "$ref", "patternProperties"})
 _TAG_NAME = re.compile(r"[^\s<>]+")  # what fits in <function=...> and <parameter=...>
@@ -124,7 +134,7 @@ class _HermesRules:
             "additionalProperties": False,
         }
         call = _with_definitions(call, params)
-        self.rules.append(f"{rule}: " + _json_value(call, _TOOL_JSON_OPTIONS, self._max_chars))
+        self.rules.append(f"{rule}: " + _json_value(call, _JSON_OPTIONS, self._max_chars, f"function {name}"))
         return rule
 
 
@@ -148,6 +158,11 @@ class _QwenXmlRules:
 
     def function(self, rule: str, name: str, params: dict) -> str:
         _check_tag_name(name, "function name")
+        unenforced = sorted(set(params) - _XML_ROOT_KEYWORDS)
+        if unenforced or not isinstance(params.get("additionalProperties", False), bool):
+            keyword = unenforced[0] if unenforced else "additionalProperties (a schema)"
+            raise ValueError(f"function {name}: {keyword} at the root of its parameters cannot be enforced "
+                             "in the Qwen XML tool-call format")  # fmt: skip
         properties, required = _properties(params), _required(params)
         items = []
         for index, (param, schema) in enumerate(properties.items()):
@@ -166,24 +181,68 @@ class _QwenXmlRules:
     def _value(self, rule: str, function: str, param: str, schema: Any, params: dict) -> str:
         """The grammar of one parameter's value followed by its closing tag."""
         schema = schema if isinstance(schema, dict) else {}
+        where = f"function {function}, parameter {param}"
         if not self._schemas.is_string(function, param):
-            value = _json_value(_with_definitions(schema, params), _TOOL_JSON_OPTIONS, self._max_chars)
+            value = _json_value(_with_definitions(schema, params), _JSON_OPTIONS, self._max_chars, where)
             self.rules.append(f"{rule}_json: {value}")
             return f"{rule}_json PARAM_END"
+        schema = _raw_text_schema(schema, params, where)
         choices = schema.get("enum", [schema["const"]] if "const" in schema else None)
         if isinstance(choices, list):
             texts = [choice for choice in choices if isinstance(choice, str)]
             if not texts:
                 raise ValueError(f"function {function}: text parameter {param} allows no string value")
             return "(" + " | ".join(_literal(text) for text in texts) + ") PARAM_END"
-        if "minLength" in schema or "maxLength" in schema:
+        if {"minLength", "maxLength", "pattern"} & schema.keys():
             high = schema.get("maxLength", self._max_chars)
             length = f"{{{int(schema.get('minLength', 0))},{'' if high is None else int(high)}}}"
             terminal = rule.upper()
-            self.rules.append(f"{terminal}_TEXT: /(?s:.{length})/ & /{_text_without(PARAMETER_CLOSE, None)}/")
+            pattern = f" & /{_searched(schema['pattern'], where)}/" if "pattern" in schema else ""
+            text = f"/(?s:.{length})/{pattern} & /{_text_without(PARAMETER_CLOSE, None)}/"
+            self.rules.append(f"{terminal}_TEXT: {text}")
             self.rules.append(f"{terminal}: {terminal}_TEXT PARAM_END")
             return terminal
         return "RAW"
+
+
+def _raw_text_schema(schema: dict, root: dict, where: str) -> dict:
+    """The schema a text parameter's raw value must meet: `$ref`s followed, and of an anyOf/oneOf
+    the one branch that admits strings. ValueError where raw text cannot enforce it."""
+    seen: set[str] = set()
+    while True:
+        ref = schema.get("$ref")
+        branches = schema.get("anyOf", schema.get("oneOf"))
+        if isinstance(ref, str) and ref not in seen and not set(schema) - {"$ref", *ANNOTATIONS}:
+            seen.add(ref)
+            schema = resolve_local_ref(ref, root, where)
+        elif isinstance(branches, list) and not set(schema) - {"anyOf", "oneOf", *ANNOTATIONS}:
+            texts = [b for b in branches if isinstance(b, dict) and ToolSchemas.admits_string(b, root)]
+            if len(texts) != 1:
+                raise ValueError(f"{where}: {len(texts)} branches of its anyOf/oneOf admit text; "
+                                 "the Qwen XML format can enforce one")  # fmt: skip
+            schema = texts[0]
+        else:
+            break
+    unenforced = sorted(set(schema) - _RAW_TEXT_KEYWORDS)
+    if unenforced:
+        raise ValueError(f"{where}: {unenforced[0]} cannot be enforced on a text parameter in the Qwen XML format")
+    return schema
+
+
+def _searched(pattern: Any, where: str) -> str:
+    """A Lark regex body of the texts in which JSON Schema `pattern` finds a match (it is not
+    anchored unless it starts with ^ / ends with $); ValueError where llguidance cannot run it."""
+    if not isinstance(pattern, str):
+        raise ValueError(f"{where}: pattern must be a string, got {type(pattern).__name__}")
+    body = re.sub(r"(?<!\\)((?:\\\\)*)/", r"\1\\/", pattern)  # / ends a Lark regex
+    start = "" if body.startswith("^") else "(?s:.*)"
+    end = "" if re.search(r"(?<!\\)(?:\\\\)*\$$", body) else "(?s:.*)"
+    body = body[len(body) - len(body.removeprefix("^")) : len(body) - (0 if end else 1)]
+    regex = f"{start}(?:{body}){end}"
+    error = llguidance.LLMatcher.validate_grammar(f"start: X\nX: /{regex}/")
+    if error:
+        raise ValueError(f"{where}: pattern {pattern!r} cannot be enforced: {_reason(error)}")
+    return regex
 
 
 def _declared_functions(tools: list[dict]) -> dict[str, dict]:
@@ -213,31 +272,56 @@ def _required(params: dict) -> list:
     return required if isinstance(required, list) else []
 
 
-def _json_value(schema: dict, options: dict, max_chars: int | None) -> str:
-    """Inline `%json` of `schema` with our compile options (replacing any the schema carries)."""
-    capped = {**_cap_strings(schema, max_chars), "x-guidance": options}
-    return "%json " + json.dumps(capped, ensure_ascii=False)
+def _json_value(schema: dict, options: dict, max_chars: int | None, where: str | None = None) -> str:
+    """Inline `%json` of `schema` with our compile options (replacing any the schema carries).
+    With `where` (a tool's schema), checked here, so that a refusal names the tool."""
+    capped = {**_cap_strings(schema, max_chars, unknown_formats_kept=where is None), "x-guidance": options}
+    value = "%json " + json.dumps(capped, ensure_ascii=False)
+    error = llguidance.LLMatcher.validate_grammar("start: " + value) if where else None
+    if error:
+        raise ValueError(f"{where}: the schema cannot be enforced: {_reason(error)}")
+    return value
 
 
-def _cap_strings(schema: Any, max_chars: int | None) -> Any:
-    """Copy of `schema` in which string schemas without maxLength, enum or const get one."""
-    if max_chars is None or not isinstance(schema, dict):
+def _reason(error: str) -> str:
+    """The telling line of an llguidance compile error (its regex error, else its first line)."""
+    lines = error.splitlines()
+    told = next((line.strip() for line in lines if line.startswith("error: ")), lines[0])
+    return told.split("failed to compile JSON schema: ")[-1]
+
+
+def _cap_strings(schema: Any, max_chars: int | None, unknown_formats_kept: bool = True) -> Any:
+    """Copy of `schema` in which string schemas without maxLength, enum or const get one, and
+    unless `unknown_formats_kept`, formats llguidance does not know are dropped (tools: a client
+    cannot change its tools, and JSON Schema makes an unknown format an annotation)."""
+    if not isinstance(schema, dict) or max_chars is None and unknown_formats_kept:
         return schema
     capped = dict(schema)
+    if not unknown_formats_kept and "format" in capped and not _known_format(capped["format"]):
+        del capped["format"]
     kind = capped.get("type")
     is_string = kind == "string" or isinstance(kind, list) and "string" in kind
-    if is_string and not {"maxLength", "enum", "const"} & capped.keys():
+    if max_chars is not None and is_string and not {"maxLength", "enum", "const"} & capped.keys():
         capped["maxLength"] = max(max_chars, int(capped.get("minLength", 0)))
     for key in _SUBSCHEMA_MAPS:
         if isinstance(capped.get(key), dict):
-            capped[key] = {k: _cap_strings(v, max_chars) for k, v in capped[key].items()}
+            capped[key] = {k: _cap_strings(v, max_chars, unknown_formats_kept) for k, v in capped[key].items()}
     for key in _SUBSCHEMAS:
         value = capped.get(key)
         if isinstance(value, list):
-            capped[key] = [_cap_strings(v, max_chars) for v in value]
+            capped[key] = [_cap_strings(v, max_chars, unknown_formats_kept) for v in value]
         elif isinstance(value, dict):
-            capped[key] = _cap_strings(value, max_chars)
+            capped[key] = _cap_strings(value, max_chars, unknown_formats_kept)
     return capped
+
+
+@functools.lru_cache(maxsize=256)
+def _known_format(name: Any) -> bool:
+    """Whether llguidance enforces string format `name`."""
+    if not isinstance(name, str):
+        return False
+    schema = {"type": "string", "format": name, "x-guidance": _JSON_OPTIONS}
+    return not llguidance.LLMatcher.validate_grammar("start: %json " + json.dumps(schema))
 
 
 def _any_json_object(max_chars: int | None) -> dict:

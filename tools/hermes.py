@@ -209,6 +209,13 @@ class HermesParser(StepParser):
             self._state = _State.TEXT
         return True
 
+    def _cut_off(self) -> None:
+        if self._state is _State.BODY and self._streaming:
+            self._sink.args(self._closing)
+            self._sink.end_call()
+        self._buf = ""
+        self._state = _State.TEXT
+
     def _begin_body(self) -> None:
         self._state = _State.BODY
         self._scanner = JsonScanner()

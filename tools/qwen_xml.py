@@ -20,7 +20,8 @@ Robustness, because real models produce all of these (see serving-anchors.md sec
 - A function the request did not declare is returned as content text, not as a call: a client
   cannot run it and most reject the whole response; as text, the user sees what the model tried.
 - At the end of generation an open call is closed so its arguments are still one JSON object;
-  a tag that never completed is returned as content text.
+  a tag that never completed is returned as content text, unless generation was cut off by the
+  token limit: then it is markup the model did not get to finish, and is dropped.
 """
 
 from __future__ import annotations
@@ -193,6 +194,15 @@ class QwenXmlParser(StepParser):
         self._sink.args('"' if self._param_is_string else typed_json("".join(self._typed_value)))
         self._state = _State.FUNCTION_BODY
         return True
+
+    def _cut_off(self) -> None:
+        self._buf = ""
+        if self._state in (_State.WRAPPER, _State.FUNCTION_NAME):
+            self._state = _State.TEXT  # no call started
+        elif self._state is _State.PARAMETER_NAME:
+            self._state = _State.FUNCTION_BODY  # the parameter did not start
+        elif self._state is _State.VALUE_START:
+            self._state = _State.VALUE
 
     def _demoted(self, at_end: bool) -> bool:
         pos, marker = find_marker(self._buf, _DEMOTED_ENDS, at_end)

@@ -19,6 +19,9 @@ _JSON_TYPE_NAMES = {
     list: "array",
     dict: "object",
 }
+# Keywords that say nothing about which values are valid.
+ANNOTATIONS = frozenset({"description", "title", "default", "examples", "$comment", "$schema", "$id", "deprecated",
+                         "readOnly", "writeOnly"})  # fmt: skip
 # The chat template renders non-string scalars with Jinja's `|string`, i.e. Python spellings.
 _PYTHON_SPELLINGS: dict[str, Any] = {"True": True, "False": False, "None": None}
 
@@ -54,6 +57,11 @@ class ToolSchemas:
         """Whether `param` can be a parameter of `function`: declared, or nothing is declared."""
         params = self._params.get(function) if self._params is not None else None
         return not params or param in params
+
+    @staticmethod
+    def admits_string(schema: dict, root: dict) -> bool:
+        """Whether `schema` (in parameters `root`) admits strings, or does not say."""
+        return _is_string_schema(schema, root)
 
     def is_string(self, function: str, param: str) -> bool:
         """String-typed, or of no known type: such values are taken as raw text."""
@@ -94,7 +102,32 @@ def name_and_parameters(tool: Any, number: int) -> tuple[str, dict]:
         parameters = {}
     if not isinstance(parameters, dict):
         raise ValueError(f"tool {number} ({name}): parameters must be a JSON schema object")
-    return name, parameters
+    return name, _without_root_ref(parameters, f"tool {number} ({name})")
+
+
+def _without_root_ref(parameters: dict, tool: str) -> dict:
+    """Parameters whose root is a local `$ref` (pydantic writes these) as the schema it points to,
+    with the definitions kept: what the parsers and grammars read. A `$ref` that points nowhere,
+    out of the document, or round in a circle is refused: nothing could be enforced."""
+    seen: list[str] = []
+    schema = parameters
+    while isinstance(schema, dict) and "$ref" in schema:
+        ref = schema["$ref"]
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise ValueError(f"{tool}: parameters $ref {ref!r} is not a local reference (#/...)")
+        if ref in seen:
+            raise ValueError(f"{tool}: parameters $ref {ref!r} refers to itself ({' -> '.join([*seen, ref])})")
+        seen.append(ref)
+        siblings = set(schema) - {"$ref", "$defs", "definitions", *ANNOTATIONS}
+        if siblings:
+            raise ValueError(f"{tool}: parameters $ref {ref!r} has sibling keywords {sorted(siblings)}")
+        schema = resolve_local_ref(ref, parameters, tool)
+    if not seen:
+        return parameters
+    if not isinstance(schema, dict):
+        raise ValueError(f"{tool}: parameters $ref {seen[-1]!r} does not point to a schema object")
+    definitions = {k: parameters[k] for k in ("$defs", "definitions") if isinstance(parameters.get(k), dict)}
+    return {**definitions, **schema}
 
 
 def _is_string_schema(schema: Any, root: dict) -> bool:
@@ -108,7 +141,7 @@ def _schema_types(schema: Any, root: dict, seen: frozenset[str]) -> set[str]:
         return set()
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref not in seen:
-        return _schema_types(_resolve_local_ref(ref, root), root, seen | {ref})
+        return _schema_types(resolve_local_ref(ref, root), root, seen | {ref})
     kind = schema.get("type")
     if isinstance(kind, str):
         return {kind}
@@ -130,14 +163,15 @@ def _schema_types(schema: Any, root: dict, seen: frozenset[str]) -> set[str]:
     return types
 
 
-def _resolve_local_ref(ref: str, root: dict) -> Any:
-    """Follow a `#/...` JSON pointer inside the parameters schema; anything else resolves to {}."""
-    if not ref.startswith("#"):
-        return {}
-    node: Any = root
-    for part in ref[1:].split("/")[1:]:
+def resolve_local_ref(ref: str, root: dict, refuse_as: str | None = None) -> Any:
+    """Follow a `#/...` JSON pointer inside the parameters schema; anything else resolves to {},
+    or, with `refuse_as` (who asks), is a ValueError."""
+    node: Any = root if ref.startswith("#") else None
+    for part in ref[1:].split("/")[1:] if node is not None else ():
         part = part.replace("~1", "/").replace("~0", "~")
-        if not isinstance(node, dict) or part not in node:
-            return {}
-        node = node[part]
-    return node
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            break
+    if node is None and refuse_as is not None:
+        raise ValueError(f"{refuse_as}: $ref {ref!r} does not resolve in its parameters schema")
+    return {} if node is None else node

@@ -33,9 +33,18 @@ class StepParser:
         self._run(at_end=False)
         return self._sink.take()
 
-    def finish(self) -> list[Event]:
+    def finish(self, truncated: bool = False) -> list[Event]:
+        """No more text comes. `truncated`: generation was cut off (the token limit), so text held
+        back as a tag not yet complete is dropped, not returned as content, and an open call is
+        closed with the arguments parsed so far."""
+        if truncated:
+            self._cut_off()
         self._run(at_end=True)
         return self._sink.take()
+
+    def _cut_off(self) -> None:
+        """Drop the undecided text in `_buf` and go to a state that closes what is open."""
+        raise NotImplementedError
 
     def _run(self, at_end: bool) -> None:
         while self._steps[self._state](at_end):

@@ -22,6 +22,7 @@ _STARTED = int(time.time())
 class TokenizeRequest(Struct, kw_only=True):
     content: str
     with_pieces: bool = False
+    parse_special: bool | None = None  # "<|im_end|>" in content -> its id; None: the server's rule
 
 
 class TokenPiece(Struct):
@@ -93,7 +94,8 @@ async def get_model(request: web.Request) -> web.Response:
 async def tokenize(request: web.Request) -> web.Response:
     req = await decode_body(request, decode_tokenize)
     tokenizer = loaded_model(request).model.tokenizer
-    ids = await asyncio.to_thread(tokenizer.encode, req.content)
+    parse_special = request.app[CONFIG].parse_special_in_content if req.parse_special is None else req.parse_special
+    ids = await asyncio.to_thread(tokenizer.encode if parse_special else tokenizer.encode_plain, req.content)
     if req.with_pieces:
         return _json({"tokens": [TokenPiece(i, tokenizer.decode([i])) for i in ids]})
     return _json({"tokens": ids})
@@ -110,17 +112,21 @@ async def detokenize(request: web.Request) -> web.Response:
 
 
 async def apply_template(request: web.Request) -> web.Response:
-    """The prompt a chat request would be rendered to: compare two turns to see where reuse ends.
-    Remembered assistant turns are in it as generated (agentd.history), as in the real request."""
+    """The prompt a chat request would be rendered to, and its token ids (where the control tokens
+    are): compare two turns to see where reuse ends. Remembered assistant turns are in it as
+    generated (agentd.history), as in the real request."""
     req: ChatCompletionRequest = await decode_body(request, decode_chat)
     loaded = loaded_model(request)
-    turns, preserve = request.app[TURNS], request.app[CONFIG].preserve_thinking
+    config = request.app[CONFIG]
+    literal = not config.parse_special_in_content
     try:
-        prompt = await asyncio.to_thread(chat_prompt, loaded, chat_input(req), turns, preserve)
+        prompt = await asyncio.to_thread(
+            chat_prompt, loaded, chat_input(req), request.app[TURNS], config.preserve_thinking, literal
+        )
     except PlanError as exc:
         raise invalid_request(str(exc), param=exc.param) from exc
     cache = None if loaded.cache is None else await asyncio.to_thread(loaded.cache.explain, prompt.ids)
-    return _json({"prompt": prompt.text, "num_tokens": len(prompt.ids), "cache": cache})
+    return _json({"prompt": prompt.text, "tokens": prompt.ids, "num_tokens": len(prompt.ids), "cache": cache})
 
 
 async def cache_info(request: web.Request) -> web.Response:

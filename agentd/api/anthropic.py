@@ -85,9 +85,12 @@ async def count_tokens(request: web.Request) -> web.Response:
     req = await decode_body(request, decode_count_tokens)
     loaded = loaded_model(request)
     chat = _converted(prompt_input, req)
-    turns, preserve = request.app[TURNS], request.app[CONFIG].preserve_thinking
+    config = request.app[CONFIG]
+    literal = not config.parse_special_in_content
     try:
-        num_tokens = len((await asyncio.to_thread(chat_prompt, loaded, chat, turns, preserve)).ids)
+        turns = request.app[TURNS]
+        prompt = await asyncio.to_thread(chat_prompt, loaded, chat, turns, config.preserve_thinking, literal)
+        num_tokens = len(prompt.ids)
     except PlanError as exc:
         raise invalid_request(str(exc), param=exc.param) from exc
     return web.Response(body=encode(TokenCount(num_tokens)), content_type="application/json")

@@ -39,8 +39,20 @@ class FakeTokenizer:
         self.eos_id = self.encoding.encode_single_token("<|im_end|>")
         self.eog_ids = frozenset({self.eos_id, self.encoding.encode_single_token("<|endoftext|>")})
 
-    def encode(self, text: str) -> list[int]:
-        return self.encoding.encode(text, allowed_special="all")
+    @property
+    def added_texts(self) -> frozenset[str]:
+        return frozenset(SPECIALS)
+
+    def encode(self, text: str, literal: tuple[tuple[int, int], ...] = ()) -> list[int]:
+        """Byte tokens never merge, so the literal spans can be encoded on their own."""
+        ids, at = [], 0
+        for start, end in literal:
+            ids += self.encoding.encode(text[at:start], allowed_special="all") + self.encode_plain(text[start:end])
+            at = end
+        return ids + self.encoding.encode(text[at:], allowed_special="all")
+
+    def encode_plain(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
 
     def token_bytes(self, token_id: int) -> bytes:
         return self.encoding.decode_single_token_bytes(token_id)

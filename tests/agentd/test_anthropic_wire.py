@@ -14,8 +14,9 @@ import pytest
 from agentd.api import anthropic_wire, openai_wire
 from agentd.plan import ChatInput, PlanError, ToolChoice, render_chat
 from engine.chat_template import DEFAULT_TEMPLATE, ChatTemplate
+from tests.agentd.fakes import FakeTokenizer
 
-LOADED = SimpleNamespace(model=SimpleNamespace(chat_template=ChatTemplate(DEFAULT_TEMPLATE)))
+LOADED = SimpleNamespace(model=SimpleNamespace(chat_template=ChatTemplate(DEFAULT_TEMPLATE), tokenizer=FakeTokenizer()))
 EPHEMERAL = {"type": "ephemeral"}
 SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}
 READ_TOOL = {"name": "Read", "description": "Read a file", "input_schema": SCHEMA}
@@ -25,12 +26,12 @@ BILLING = {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.3
 
 def anthropic_prompt(body: dict[str, Any]) -> str:
     req = anthropic_wire.decode_messages(json.dumps({"model": "m", "max_tokens": 8, **body}).encode())
-    return render_chat(LOADED, anthropic_wire.chat_input(req))
+    return render_chat(LOADED, anthropic_wire.chat_input(req)).text
 
 
 def openai_prompt(body: dict[str, Any]) -> str:
     req = openai_wire.decode_chat(json.dumps({"model": "m", **body}).encode())
-    return render_chat(LOADED, openai_wire.chat_input(req))
+    return render_chat(LOADED, openai_wire.chat_input(req)).text
 
 
 def text(value: str, **extra: Any) -> dict[str, Any]:

@@ -267,3 +267,18 @@ def test_tools_are_rendered_as_sent_and_bad_tools_rejected(serve_fake):
         "POST", "/v1/chat/completions", {"messages": USER, "tools": [{"type": "function", "function": {"description": "no name"}}]}
     )
     assert status == 400 and body["error"]["param"] == "tools[0]"
+
+
+@pytest.mark.parametrize("tool_choice", ["required", "auto"])
+def test_a_tool_schema_that_cannot_be_enforced_is_a_400_naming_it(serve_fake, tool_choice):
+    """The exact request: a root $ref to nothing, and a pattern llguidance cannot run. Before:
+    compiled leniently, and arguments with any keys came back."""
+    server = serve_fake(FakeModel(chat_reply("x")))
+    missing = {"type": "function", "function": {"name": "lookup", "parameters": {"$ref": "#/$defs/Query"}}}
+    lookahead = {"type": "function", "function": {"name": "grep", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string", "pattern": "^(?!-)"}}}}}  # fmt: skip
+    for tool, words in ((missing, ["lookup", "#/$defs/Query"]), (lookahead, ["grep", "pattern", "look-around"])):
+        body = {"model": "m", "messages": USER, "tools": [tool], "tool_choice": tool_choice}
+        status, _, reply = server.request("POST", "/v1/chat/completions", body)
+        assert status == 400 and reply["error"]["param"] == "tools"
+        assert all(word in reply["error"]["message"] for word in words), reply

@@ -111,3 +111,28 @@ def test_cache_cli_errors_are_one_line(tmp_path, capsys):
     assert agentd_main(["cache", "stats", "--cache-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("agentd: error: no session cache database") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("action", ["stats", "ls", "clear"])
+def test_a_damaged_database_is_named_and_clear_force_removes_it(tmp_path, capsys, action):
+    """The exact case: a database file that is not SQLite. Before: "database disk image is
+    malformed" (or "file is not a database") with no file name, and clear could not remove it."""
+    from cache.session import DB_FILENAME
+
+    damaged = tmp_path / DB_FILENAME
+    damaged.write_bytes(b"SQLite format 3\0" + os.urandom(4096))
+    (tmp_path / (DB_FILENAME + "-wal")).write_bytes(b"junk")
+    assert agentd_main(["cache", action, "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(damaged) in err and "clear --force" in err and err.count("\n") == 1
+    assert agentd_main(["cache", "clear", "--force", "--cache-dir", str(tmp_path)]) == 0
+    assert str(damaged) in capsys.readouterr().out
+    assert not damaged.exists() and not (tmp_path / (DB_FILENAME + "-wal")).exists()
+
+
+def test_generate_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        agentd_main(["generate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 256)", "(default: 0.7)", "(default: 0.95)", "(default: 20)"):
+        assert default in help_text

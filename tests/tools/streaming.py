@@ -25,10 +25,11 @@ class Streamer(Protocol):
     def finish(self) -> list[Event]: ...
 
 
-def feed_all(streamer: Streamer, pieces: list[str]) -> list[Event]:
-    """What the streamer emits for the pieces and at the finish, adjacent deltas merged."""
+def feed_all(streamer: Streamer, pieces: list[str], truncated: bool = False) -> list[Event]:
+    """What the streamer emits for the pieces and at the finish (cut off by the token limit when
+    `truncated`), adjacent deltas merged."""
     events = [event for piece in pieces for event in streamer.feed(piece)]
-    return merge_deltas(events + streamer.finish())
+    return merge_deltas(events + (streamer.finish(truncated=True) if truncated else streamer.finish()))
 
 
 def splits(text: str, seed: int = 0) -> Iterator[list[str]]:
@@ -65,6 +66,17 @@ def outcome(events: list[Event]) -> tuple[str, list[tuple[str, dict]]]:
     """Content text and (name, arguments) per call; collect() checks the order of the events."""
     turn = collect(events)
     return turn.content, [(call.name, json.loads(call.arguments)) for call in turn.tool_calls]
+
+
+def check_cut_offs(parse: Callable[[list[str], bool], list[Event]], content: str, text: str) -> None:
+    """Cut off by the token limit anywhere in `content` + `text` (whose calls follow the content),
+    the content is a prefix of `content`, never markup, and the calls are a prefix of the calls
+    of the whole text, with arguments that are JSON."""
+    whole = [name for name, _ in outcome(parse([content + text], False))[1]]
+    for end in range(len(content) + len(text) + 1):
+        got, calls = outcome(parse([(content + text)[:end]], True))
+        assert content.startswith(got), f"cut at {end}: content {got!r}"
+        assert [name for name, _ in calls] == whole[: len(calls)], f"cut at {end}: calls {calls!r}"
 
 
 def check_random_garbage(parse: Callable[[list[str]], list[Event]], atoms: list[str]) -> None:

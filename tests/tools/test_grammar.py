@@ -370,3 +370,83 @@ def test_bad_response_schemas_raise(compiler):
         json_schema_grammar(["not", "a", "schema"])
     with pytest.raises(ValueError, match="invalid grammar"):
         compiler.matcher(json_schema_grammar({"type": "string", "format": "no-such-format"}))
+
+
+# -- schemas are enforced exactly or refused -------------------------------------------------------
+
+
+def one_tool(parameters: dict, name: str = "lookup") -> list[dict]:
+    return [{"type": "function", "function": {"name": name, "parameters": parameters}}]
+
+
+POINT = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("fmt", ["qwen_xml", "hermes"])
+def test_a_root_ref_is_followed_and_enforced(compiler, encoding, fmt):
+    """Before: the XML grammar saw no properties and let any parameter through."""
+    tools = one_tool({"$ref": "#/$defs/Point", "$defs": {"Point": POINT}})
+    grammar = tool_call_grammar(tools, "required", fmt=fmt)
+    if fmt == "qwen_xml":
+        good, bad = xml_call("lookup", x="3"), xml_call("lookup", evil="rm -rf /")
+    else:
+        good, bad = (HERMES_CALL_OF("lookup", args) for args in ({"x": 3}, {"evil": "rm -rf /"}))
+    assert accepts(compiler, encoding, grammar, good) and not accepts(compiler, encoding, grammar, bad)
+
+
+def HERMES_CALL_OF(name: str, arguments: dict) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+@pytest.mark.parametrize("fmt", ["qwen_xml", "hermes"])
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"$ref": "#/$defs/Missing", "$defs": {"Point": POINT}}, r"lookup.*'#/\$defs/Missing' does not resolve"),
+        ({"$ref": "#/$defs/A", "$defs": {"A": {"$ref": "#/$defs/A"}}}, r"lookup.*refers to itself"),
+        ({"$ref": "https://example.com/schema.json"}, r"lookup.*not a local reference"),
+        ({"type": "object", "properties": {"ids": {"type": "array", "uniqueItems": True}}}, r"lookup.*uniqueItems"),
+        ({"type": "object", "properties": {"id": {"type": "integer", "not": {"const": 1}}}}, r"lookup.*not"),
+        ({"type": "object", "properties": {"q": {"type": "string", "pattern": "^(?=a)b$"}}}, r"lookup.*look-around"),
+        ({"type": "object", "properties": {"q": {"type": "string", "pattern": "(a)\\1"}}}, r"lookup.*backreference"),
+    ],
+)
+def test_what_cannot_be_enforced_is_refused_naming_the_tool(fmt, parameters, message):
+    with pytest.raises(ValueError, match=message):
+        tool_call_grammar(one_tool(parameters), "required", fmt=fmt)
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"anyOf": [POINT, {"type": "object", "properties": {"y": {"type": "string"}}}]}, "anyOf at the root"),
+        ({"type": "object", "additionalProperties": {"type": "integer"}}, "additionalProperties"),
+        ({"type": "object", "minProperties": 1, "properties": {"x": {"type": "string"}}}, "minProperties at the root"),
+        ({"type": "object", "properties": {"q": {"type": "string", "contentEncoding": "base64"}}},
+         "parameter q: contentEncoding"),
+        ({"type": "object", "properties": {"q": {"anyOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]}}},
+         "parameter q: 2 branches"),
+    ],
+)  # fmt: skip
+def test_xml_format_refuses_what_raw_text_cannot_carry(parameters, message):
+    with pytest.raises(ValueError, match=f"function lookup.*{message}"):
+        tool_call_grammar(one_tool(parameters), "required")
+
+
+@pytest.mark.parametrize("pattern", ["^[a-z]+-[0-9]{2}$", "[0-9]{2}", "^a/b"])
+def test_text_parameter_patterns_are_enforced(compiler, encoding, pattern):
+    """Before: a text parameter's pattern was not enforced at all. JSON Schema patterns search
+    (unanchored unless ^ or $ say so)."""
+    optional = {"anyOf": [{"type": "string", "pattern": pattern}, {"type": "null"}]}
+    grammar = tool_call_grammar(one_tool({"type": "object", "properties": {"q": optional}}), "required")
+    for text in ["abc-12", "x 12 y", "a/bc", "a/b\n12", "ABC", "12", "abc-123", ""]:
+        expected = re.search(pattern, text) is not None
+        assert accepts(compiler, encoding, grammar, xml_call("lookup", q=text)) == expected, text
+
+
+def test_tool_formats_are_enforced_when_known_and_annotations_otherwise(compiler, encoding):
+    properties = {"n": {"type": "integer", "format": "int32"}, "when": {"type": "array", "items": {
+        "type": "string", "format": "date"}}}  # fmt: skip
+    grammar = tool_call_grammar(one_tool({"type": "object", "properties": properties}), "required")
+    assert accepts(compiler, encoding, grammar, xml_call("lookup", n="5", when='["2024-01-31"]'))
+    assert not accepts(compiler, encoding, grammar, xml_call("lookup", n="5", when='["soon"]'))

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.tools.streaming import (
+    check_cut_offs,
     check_random_garbage,
     feed_all,
     outcome,
@@ -34,8 +35,8 @@ def call_json(name: str, arguments: dict) -> str:
     return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
 
 
-def parse(pieces: list[str], tools: list[dict] | None = TOOLS) -> list:
-    return feed_all(HermesParser(tools), pieces)
+def parse(pieces: list[str], tools: list[dict] | None = TOOLS, truncated: bool = False) -> list:
+    return feed_all(HermesParser(tools), pieces, truncated)
 
 
 def parse_all_ways(text: str, tools: list[dict] | None = TOOLS) -> tuple[str, list]:
@@ -131,6 +132,27 @@ def test_malformed_json_after_the_start_closes_the_call():
 )
 def test_generation_that_stops_inside_a_call(text, expected):
     assert parse_all_ways(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Done. <tool_call>\n", ("Done.", [])),
+        ('<tool_call>\n{"name": "read_fi', ("", [])),
+        (HEAD + '{"n": 1, "pa', ("", [("read_file", {"n": 1})])),
+        (HEAD + '{"p": "\\u00', ("", [("read_file", {"p": ""})])),
+        (call_json("read_file", {"path": "a"}) + "\n<tool_call>\n" + CALL_HEAD, ("", [("read_file", {"path": "a"})])),
+        (HEAD + '{"path": "a"}}\n</tool_', ("", [("read_file", {"path": "a"})])),
+    ],
+)
+def test_generation_cut_off_inside_a_call_leaves_no_markup(text, expected):
+    """The token limit ends generation inside a call: what the model did not finish is dropped."""
+    assert outcome(same_for_every_split(lambda p: without_ids(parse(p, truncated=True)), text)) == expected
+
+
+def test_every_cut_off_keeps_content_clean_and_calls_whole():
+    calls = call_json("read_file", NESTED) + "\n" + call_json("write_file", {"path": "</tool_call>"})
+    check_cut_offs(lambda pieces, truncated: parse(pieces, truncated=truncated), "Ok, two calls.\n", calls)
 
 
 def test_every_prefix_closes_into_valid_arguments():

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.tools.streaming import (
+    check_cut_offs,
     check_random_garbage,
     feed_all,
     first_assistant_turn,
@@ -57,8 +58,8 @@ def call_xml(name: str, *params: tuple[str, str], wrapped: bool = True) -> str:
     return f"<tool_call>\n{body}\n</tool_call>" if wrapped else body
 
 
-def parse(pieces: list[str], tools: list[dict] | None = TOOLS) -> list:
-    return feed_all(QwenXmlParser(tools), pieces)
+def parse(pieces: list[str], tools: list[dict] | None = TOOLS, truncated: bool = False) -> list:
+    return feed_all(QwenXmlParser(tools), pieces, truncated)
 
 
 def parse_all_ways(text: str, tools: list[dict] | None = TOOLS) -> tuple[str, list]:
@@ -233,6 +234,29 @@ def test_malformed_tags_are_content():
 )
 def test_generation_that_stops_inside_a_call(text, expected):
     assert parse_all_ways(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("<tool_ca", ("", [])),
+        ("Done. <tool_call>\n", ("Done.", [])),
+        ("<tool_call>\n<function=read_fi", ("", [])),
+        ("<tool_call>\n<function=read_file>\n<parameter=pa", ("", [("read_file", {})])),
+        (WRITING + "x\n</param", ("", [("write_file", {"content": "x"})])),
+        (call_xml("read_file", ("path", "a")) + "\n<tool_call>\n<function=wr", ("", [("read_file", {"path": "a"})])),
+    ],
+)
+def test_generation_cut_off_inside_a_call_leaves_no_markup(text, expected):
+    """The token limit ends generation inside a tag: what the model did not finish is dropped."""
+    assert outcome(same_for_every_split(lambda p: without_ids(parse(p, truncated=True)), text)) == expected
+
+
+def test_every_cut_off_keeps_content_clean_and_calls_whole():
+    calls = call_xml("run", ("command", 'echo "</parameter>"'), ("env", '{"a": [1]}')) + "\n" + call_xml(
+        "write_file", ("content", "x\n</parameter>y")
+    ) + call_xml("read_file", ("path", "p"), wrapped=False)
+    check_cut_offs(lambda pieces, truncated: parse(pieces, truncated=truncated), "Ok, two calls.\n", calls)
 
 
 def test_every_prefix_closes_into_valid_arguments():
