@@ -25,6 +25,7 @@ static int n_threads = 1;   /* configured size, caller included */
 static int n_started = 0;   /* running workers (pool threads 1..n_started) */
 static pid_t owner_pid;     /* a forked child has none of its parent's threads */
 static pthread_t tids[POOL_MAX_THREADS];
+static unsigned spawn_generation[POOL_MAX_THREADS];  /* job generation a worker starts after */
 
 static atomic_uint generation;
 static atomic_int remaining;
@@ -56,7 +57,7 @@ static unsigned wait_generation(unsigned seen) {
 
 static void *worker_main(void *p) {
     int id = (int)(long)p;
-    unsigned seen = atomic_load(&generation);
+    unsigned seen = spawn_generation[id];  /* not a fresh read: the first job may be out already */
     for (;;) {
         seen = wait_generation(seen);
         if (atomic_load(&quit)) return NULL;
@@ -86,6 +87,7 @@ static void start_workers(void) {
     owner_pid = getpid();
     while (n_started < n_threads - 1) {
         int id = n_started + 1;
+        spawn_generation[id] = atomic_load(&generation);
         if (pthread_create(&tids[id], NULL, worker_main, (void *)(long)id) != 0) break;
         n_started = id;
     }
