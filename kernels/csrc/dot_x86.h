@@ -1,9 +1,9 @@
 /* x86 SIMD dot products, written once and compiled twice: dot_avx2.c and dot_avx512.c include
  * this file after defining
  *   ISA                      suffix of the kernel names
- *   dot_i32(u, s)            8 x int32, lane i = sum of u8 u[4i..4i+3] * s8 s[4i..4i+3]
- *   scale_vec(lo, hi)        a per-16-value scale pair in the form dot_i32_sc takes
- *   dot_i32_sc(u, s, scv)    dot_i32 times lo (lanes 0-3, values 0-15) or hi (lanes 4-7)
+ *   dot_i32(u, s)              8 x int32, lane i = sum of u8 u[4i..4i+3] * s8 s[4i..4i+3]
+ *   dot_acc_sc(acc, u, s, sc)  acc + dot_i32(u, s) * scale, sc holding int16 scales: the
+ *                              low 128 bits scale values 0-15, the high 128 bits 16-31
  * All integer sums are exact, so both builds give bit-identical results.
  *
  * Shared scheme: weights are unpacked to unsigned codes in 32-byte vectors; signed codes
@@ -156,21 +156,36 @@ ALWAYS void row32(const int QT, const int type_size, const uint8_t *row, const a
 /* 16 int16 sums of 16 activations of super-block b, row t */
 #define BSUMS(t, b) _mm256_loadu_si256((const __m256i *)(a->bsums + (size_t)(t0 + (t)) * (k / 16) + 16 * (b)))
 
-/* Q4_K/Q5_K: eight 6-bit scales and mins out of 12 bytes */
-ALWAYS void k_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = s[j] & 63;
-        mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (s[j + 8] & 15) | ((s[j] >> 6) << 4);
-        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
-    }
+/* Sub-block scales as a table of 8 int16 pairs (lane j = scale j twice), from 8 int32 scales;
+ * pick1/pick2 broadcast one scale, or scales j and j+1 to the two 16-value halves. */
+ALWAYS __m256i scale_table(__m256i sc32) {
+    return _mm256_or_si256(_mm256_and_si256(sc32, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(sc32, 16));
+}
+ALWAYS __m256i pick1(__m256i table, int j) { return _mm256_permutevar8x32_epi32(table, _mm256_set1_epi32(j)); }
+ALWAYS __m256i pick2(__m256i table, int j) {
+    return _mm256_permutevar8x32_epi32(table, _mm256_setr_epi32(j, j, j, j, j + 1, j + 1, j + 1, j + 1));
+}
+/* 8 (signed) bytes -> a scale table */
+ALWAYS __m256i scale_table_u8(uint64_t v) { return scale_table(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v))); }
+ALWAYS __m256i scale_table_i8(const int8_t *p) {
+    return scale_table(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
-/* mins (one per 32 values) -> 16 int16, one per 16 values, to pair with BSUMS */
-ALWAYS __m256i mins_per16(const uint8_t *mn) {
-    uint8_t m16[16];
-    for (int j = 0; j < 8; j++) m16[2 * j] = m16[2 * j + 1] = mn[j];
-    return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)m16));
+/* Q4_K/Q5_K: eight 6-bit scales and mins out of 12 bytes, one byte each, with 32-bit word
+ * operations: bytes 0-3 hold scales 0-3 and their top 2 bits the high bits of scales 4-7,
+ * bytes 4-7 likewise for the mins, bytes 8-11 the low nibbles of scales (mins) 4-7. */
+ALWAYS void k_scales(const uint8_t *s, uint64_t *sc, uint64_t *mn) {
+    uint32_t w0 = rd_u32(s), w1 = rd_u32(s + 4), w2 = rd_u32(s + 8);
+    uint32_t sc_hi = (w2 & 0x0f0f0f0f) | ((w0 >> 2) & 0x30303030);
+    uint32_t mn_hi = ((w2 >> 4) & 0x0f0f0f0f) | ((w1 >> 2) & 0x30303030);
+    *sc = (w0 & 0x3f3f3f3f) | (uint64_t)sc_hi << 32;
+    *mn = (w1 & 0x3f3f3f3f) | (uint64_t)mn_hi << 32;
+}
+
+/* mins (8 bytes, one per 32 values) -> 16 int16, one per 16 values, to pair with BSUMS */
+ALWAYS __m256i mins_per16(uint64_t mn) {
+    __m128i m = _mm_cvtsi64_si128((long long)mn);
+    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
 }
 
 /* Q4_K (HQ = 0) and Q5_K (HQ = 1). 32-byte chunk c of qs: low nibbles are sub-block 2c,
@@ -184,8 +199,9 @@ ALWAYS void row_q45k(const int HQ, const uint8_t *row, const acts *a, int t0, co
     for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = row + (size_t)b * type_size, *qs = blk + (HQ ? 48 : 16);
-        uint8_t sc[8], mn[8];
-        k_scales(blk + 4, sc, mn);
+        uint64_t sc8, mn8;
+        k_scales(blk + 4, &sc8, &mn8);
+        const __m256i table = scale_table_u8(sc8);
         __m256i qh = HQ ? load32(blk + 16) : _mm256_setzero_si256();
         __m256i isum[MAX_NT];
         for (int t = 0; t < NT; t++) isum[t] = _mm256_setzero_si256();
@@ -198,14 +214,14 @@ ALWAYS void row_q45k(const int HQ, const uint8_t *row, const acts *a, int t0, co
                 hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4));
                 qh = _mm256_srli_epi16(qh, 1);
             }
-            __m256i scl = scale_vec(sc[2 * c], sc[2 * c]), sch = scale_vec(sc[2 * c + 1], sc[2 * c + 1]);
+            __m256i scl = pick1(table, 2 * c), sch = pick1(table, 2 * c + 1);
             for (int t = 0; t < NT; t++) {
                 const int8_t *x = xq[t] + 256 * b + 64 * c;
-                __m256i p = _mm256_add_epi32(dot_i32_sc(lo, load32(x), scl), dot_i32_sc(hi, load32(x + 32), sch));
-                isum[t] = _mm256_add_epi32(isum[t], p);
+                isum[t] = dot_acc_sc(isum[t], lo, load32(x), scl);
+                isum[t] = dot_acc_sc(isum[t], hi, load32(x + 32), sch);
             }
         }
-        __m256i mins = mins_per16(mn);
+        __m256i mins = mins_per16(mn8);
         float d = fp16(blk), dmin = fp16(blk + 2);
         for (int t = 0; t < NT; t++) {
             __m256i msum = _mm256_madd_epi16(BSUMS(t, b), mins);
@@ -227,6 +243,7 @@ ALWAYS void row_q6k(const uint8_t *row, const acts *a, int t0, const int NT, flo
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = row + (size_t)b * 210;
         const int8_t *sc = (const int8_t *)(blk + 192);
+        const __m256i tables[2] = {scale_table_i8(sc), scale_table_i8(sc + 8)};
         __m256i isum[MAX_NT];
         for (int t = 0; t < NT; t++) isum[t] = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
@@ -240,9 +257,9 @@ ALWAYS void row_q6k(const uint8_t *row, const acts *a, int t0, const int NT, flo
             };
             for (int i = 0; i < 4; i++) {
                 int g = 4 * h + i;
-                __m256i scv = scale_vec(sc[2 * g], sc[2 * g + 1]);
+                __m256i scv = pick2(tables[h], 2 * i);
                 for (int t = 0; t < NT; t++)
-                    isum[t] = _mm256_add_epi32(isum[t], dot_i32_sc(q[i], load32(xq[t] + 256 * b + 32 * g), scv));
+                    isum[t] = dot_acc_sc(isum[t], q[i], load32(xq[t] + 256 * b + 32 * g), scv);
             }
         }
         __m256i scales = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
@@ -280,6 +297,7 @@ ALWAYS void row_q23k(const int Q3, const uint8_t *row, const acts *a, int t0, co
                 mn[g] = blk[g] >> 4;
             }
         }
+        const __m256i tables[2] = {scale_table_i8(sc), scale_table_i8(sc + 8)};
         __m256i hm = Q3 ? load32(blk) : _mm256_setzero_si256();
         __m256i isum[MAX_NT];
         for (int t = 0; t < NT; t++) isum[t] = _mm256_setzero_si256();
@@ -291,10 +309,9 @@ ALWAYS void row_q23k(const int Q3, const uint8_t *row, const acts *a, int t0, co
                     q = _mm256_or_si256(q, _mm256_and_si256(_mm256_slli_epi16(hm, 2), bit2));
                     hm = _mm256_srli_epi16(hm, 1);
                 }
-                int g = 8 * h + 2 * s;
-                __m256i scv = scale_vec(sc[g], sc[g + 1]);
+                __m256i scv = pick2(tables[h], 2 * s);
                 for (int t = 0; t < NT; t++)
-                    isum[t] = _mm256_add_epi32(isum[t], dot_i32_sc(q, load32(xq[t] + 256 * b + 128 * h + 32 * s), scv));
+                    isum[t] = dot_acc_sc(isum[t], q, load32(xq[t] + 256 * b + 128 * h + 32 * s), scv);
             }
         }
         float d = fp16(blk + (Q3 ? 108 : 80));
@@ -327,16 +344,19 @@ ALWAYS void row_iq4xs(const uint8_t *row, const acts *a, int t0, const int NT, f
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = row + (size_t)b * 136;
         const unsigned sh = rd_u16(blk + 2);
+        int8_t ls[8];
+        for (int j = 0; j < 8; j++)
+            ls[j] = (int8_t)((((blk[4 + j / 2] >> (4 * (j % 2))) & 15) | (((sh >> (2 * j)) & 3) << 4)) - 32);
+        const __m256i table = scale_table_i8(ls);
         __m256i isum[MAX_NT];
         for (int t = 0; t < NT; t++) isum[t] = _mm256_setzero_si256();
         for (int j = 0; j < 8; j++) {
-            int ls = ((blk[4 + j / 2] >> (4 * (j % 2))) & 15) | (((sh >> (2 * j)) & 3) << 4);
-            __m256i scv = scale_vec(ls - 32, ls - 32);
+            __m256i scv = pick1(table, j);
             __m256i v = _mm256_shuffle_epi8(grid, nibbles32(blk + 8 + 16 * j));
             __m256i u = _mm256_sign_epi8(v, v);
             for (int t = 0; t < NT; t++) {
                 __m256i x = _mm256_sign_epi8(load32(xq[t] + 256 * b + 32 * j), v);
-                isum[t] = _mm256_add_epi32(isum[t], dot_i32_sc(u, x, scv));
+                isum[t] = dot_acc_sc(isum[t], u, x, scv);
             }
         }
         float d = fp16(blk);

@@ -142,9 +142,7 @@ typedef struct {
 /* Rows are handed out in chunks (dynamic: the machine is shared, a fixed split would wait on
  * the slowest core). A chunk keeps its weight rows cache-hot while all T rows use them. Each
  * output element is computed by one kernel call, so the thread count never changes results. */
-static void matmul_task(void *arg, int worker, int n_workers) {
-    (void)worker;
-    (void)n_workers;
+static void matmul_task(void *arg) {
     matmul_job *job = arg;
     for (;;) {
         int c = atomic_fetch_add(&job->next, 1);
@@ -161,13 +159,18 @@ typedef struct {
     acts *a;
     const float *x;
     int T;
+    atomic_int next;
 } quant_job;
 
-static void quant_task(void *arg, int worker, int n_workers) {
+#define QUANT_ROWS 8  /* activation rows per work item */
+
+static void quant_task(void *arg) {
     quant_job *job = arg;
-    int per = (job->T + n_workers - 1) / n_workers, t0 = worker * per;
-    int t1 = t0 + per < job->T ? t0 + per : job->T;
-    if (t0 < t1) acts_quantize(job->a, job->x, t0, t1);
+    for (;;) {
+        int t0 = atomic_fetch_add(&job->next, QUANT_ROWS);
+        if (t0 >= job->T) return;
+        acts_quantize(job->a, job->x, t0, t0 + QUANT_ROWS < job->T ? t0 + QUANT_ROWS : job->T);
+    }
 }
 
 #define CHUNK_BYTES (32 * 1024)    /* weight bytes per work chunk */
@@ -182,7 +185,8 @@ static int run_qmatmul(const kernel_set *ks, int qtype, const uint8_t *w, size_t
     if (info->act == ACT_F32) {
         a->f32 = x;
     } else {
-        quant_job qj = {a, x, T};
+        quant_job qj = {.a = a, .x = x, .T = T};
+        atomic_init(&qj.next, 0);
         pool_run(quant_task, &qj, T >= 16 ? threads : 1);
     }
     matmul_job job = {.kernel = ks->dot[qtype], .w = w, .row_bytes = row_bytes, .n_rows = n_rows, .T = T,
@@ -259,17 +263,21 @@ fail_w:
 /* ------------------------------------------------------------------ dequant_rows */
 
 typedef struct {
-    int qtype, k, r0, r1;
+    int qtype, k, r0, r1, chunk_rows;
     const uint8_t *w;
     size_t row_bytes;
     float *out;
+    atomic_int next;
 } dequant_job;
 
-static void dequant_task(void *arg, int worker, int n_workers) {
+static void dequant_task(void *arg) {
     dequant_job *job = arg;
-    int n = job->r1 - job->r0, per = (n + n_workers - 1) / n_workers;
-    int a = job->r0 + worker * per, b = a + per < job->r1 ? a + per : job->r1;
-    if (a < b) dequant_rows(job->qtype, job->w, job->row_bytes, job->k, a, b, job->out + (size_t)(a - job->r0) * job->k);
+    for (;;) {
+        int a = job->r0 + atomic_fetch_add(&job->next, job->chunk_rows);
+        if (a >= job->r1) return;
+        int b = a + job->chunk_rows < job->r1 ? a + job->chunk_rows : job->r1;
+        dequant_rows(job->qtype, job->w, job->row_bytes, job->k, a, b, job->out + (size_t)(a - job->r0) * job->k);
+    }
 }
 
 static PyObject *py_dequant_rows(PyObject *self, PyObject *args) {
@@ -296,7 +304,10 @@ static PyObject *py_dequant_rows(PyObject *self, PyObject *args) {
         PyBuffer_Release(&wv);
         return NULL;
     }
-    dequant_job job = {qtype, (int)k, (int)r0, (int)r1, wv.buf, row_bytes, ov.buf};
+    int chunk = (int)((1 << 14) / k);  /* 64 KB of output per work item */
+    dequant_job job = {.qtype = qtype, .k = (int)k, .r0 = (int)r0, .r1 = (int)r1, .chunk_rows = chunk < 1 ? 1 : chunk,
+                       .w = wv.buf, .row_bytes = row_bytes, .out = ov.buf};
+    atomic_init(&job.next, 0);
     int threads = (r1 - r0) * k >= (1 << 16) ? pool_get_threads() : 1;
     Py_BEGIN_ALLOW_THREADS
     pool_run(dequant_task, &job, threads);

@@ -1,8 +1,12 @@
 /* Workers wait for a new job generation: they spin briefly after each job (decode steps issue
- * matmuls back to back) and then sleep on a condition variable, so an idle pool costs no CPU. */
+ * matmuls back to back) and then sleep on a condition variable, so an idle pool costs no CPU.
+ * `entry` admits workers to the current job: generation in the high 32 bits, a CLOSED bit set
+ * by the caller once its own task call returns (all work is claimed by then), and the count of
+ * workers inside. The caller waits only for workers that entered. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,22 +20,23 @@ static inline void cpu_relax(void) {}
 #endif
 
 #define SPIN_NS 300000L  /* how long a worker spins for the next job before sleeping */
+#define CLOSED ((uint64_t)1 << 31)
+#define INSIDE ((uint64_t)CLOSED - 1)
 
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;  /* one job (or resize) at a time */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake_cv = PTHREAD_COND_INITIALIZER, done_cv = PTHREAD_COND_INITIALIZER;
 
 static int n_threads = 1;   /* configured size, caller included */
-static int n_started = 0;   /* running workers (pool threads 1..n_started) */
+static int n_started = 0;   /* running workers */
 static pid_t owner_pid;     /* a forked child has none of its parent's threads */
 static pthread_t tids[POOL_MAX_THREADS];
 
-static atomic_uint generation;
-static atomic_int remaining;
+static atomic_uint generation;      /* bumped once per job */
+static _Atomic uint64_t entry;      /* see above */
 static atomic_int quit;
 static pool_task job_task;
 static void *job_arg;
-static int job_n;
 
 static long now_ns(void) {
     struct timespec ts;
@@ -54,18 +59,28 @@ static unsigned wait_generation(unsigned seen) {
     return g;
 }
 
-static void *worker_main(void *p) {
-    int id = (int)(long)p;
-    unsigned seen = atomic_load(&generation);
-    for (;;) {
-        seen = wait_generation(seen);
-        if (atomic_load(&quit)) return NULL;
-        if (id < job_n) job_task(job_arg, id, job_n);
-        if (atomic_fetch_sub(&remaining, 1) == 1) {
+/* join job `g` if it is still open; run it; tell a waiting caller when the last one leaves */
+static void enter_job(unsigned g) {
+    uint64_t s = atomic_load(&entry);
+    while ((unsigned)(s >> 32) == g && !(s & CLOSED)) {
+        if (!atomic_compare_exchange_weak(&entry, &s, s + 1)) continue;
+        job_task(job_arg);
+        uint64_t after = atomic_fetch_sub(&entry, 1) - 1;
+        if ((after & CLOSED) && (after & INSIDE) == 0) {
             pthread_mutex_lock(&mu);
             pthread_cond_signal(&done_cv);
             pthread_mutex_unlock(&mu);
         }
+        return;
+    }
+}
+
+static void *worker_main(void *p) {
+    unsigned seen = (unsigned)(uintptr_t)p;  /* the generation current at spawn time */
+    for (;;) {
+        seen = wait_generation(seen);
+        if (atomic_load(&quit)) return NULL;
+        enter_job(seen);
     }
 }
 
@@ -75,7 +90,7 @@ static void stop_workers(void) {
         atomic_store(&quit, 1);
         pthread_cond_broadcast(&wake_cv);
         pthread_mutex_unlock(&mu);
-        for (int i = 1; i <= n_started; i++) pthread_join(tids[i], NULL);
+        for (int i = 0; i < n_started; i++) pthread_join(tids[i], NULL);
     }
     n_started = 0;
     atomic_store(&quit, 0);
@@ -85,9 +100,9 @@ static void start_workers(void) {
     if (owner_pid != getpid()) n_started = 0;
     owner_pid = getpid();
     while (n_started < n_threads - 1) {
-        int id = n_started + 1;
-        if (pthread_create(&tids[id], NULL, worker_main, (void *)(long)id) != 0) break;
-        n_started = id;
+        void *seen = (void *)(uintptr_t)atomic_load(&generation);
+        if (pthread_create(&tids[n_started], NULL, worker_main, seen) != 0) break;
+        n_started++;
     }
 }
 
@@ -105,28 +120,28 @@ int pool_get_threads(void) { return n_threads; }
 void pool_run(pool_task task, void *arg, int n) {
     if (n > n_threads) n = n_threads;
     if (n <= 1) {
-        task(arg, 0, 1);
+        task(arg);
         return;
     }
     pthread_mutex_lock(&run_lock);
     if (owner_pid != getpid() || n_started < n_threads - 1) start_workers();
-    if (n > n_started + 1) n = n_started + 1;  /* thread creation failed: run with fewer */
     job_task = task;
     job_arg = arg;
-    job_n = n;
-    atomic_store(&remaining, n_started);
+    unsigned g = atomic_load(&generation) + 1;
+    atomic_store(&entry, (uint64_t)g << 32);
     pthread_mutex_lock(&mu);
-    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    atomic_store_explicit(&generation, g, memory_order_release);
     pthread_cond_broadcast(&wake_cv);
     pthread_mutex_unlock(&mu);
 
-    task(arg, 0, n);
+    task(arg);
 
+    atomic_fetch_or(&entry, CLOSED);
     long deadline = now_ns() + SPIN_NS;
-    for (int i = 0; atomic_load(&remaining) > 0; i++) {
+    for (int i = 0; atomic_load(&entry) & INSIDE; i++) {
         if ((i & 255) == 255 && now_ns() > deadline) {
             pthread_mutex_lock(&mu);
-            while (atomic_load(&remaining) > 0) pthread_cond_wait(&done_cv, &mu);
+            while (atomic_load(&entry) & INSIDE) pthread_cond_wait(&done_cv, &mu);
             pthread_mutex_unlock(&mu);
             break;
         }
