@@ -1,10 +1,13 @@
 """Whole-model logits of the compiled CPU backend against the numpy reference backend, on every
 preset shape and tensor-type mix, for a prompt and for decode steps after it.
 
-Tolerances: float weights (f32, f16, bf16) are multiplied in float32 by both backends, so logits
-agree to float32 rounding (max |diff| <= 1e-3 * logit std). Quantized mixes (q8_0, q4_k_m) run with
-activations quantized to int8 blocks (as llama.cpp does), so logits move by the activation
-rounding: max |diff| <= 0.05 * logit std and the arg-max token agrees at >= 90% of positions.
+Tolerances, as relative RMS error of the logits (|diff|_2 / |ref|_2):
+- float weights (f32, f16, bf16) are multiplied in float32 by both backends: <= 1e-4 (rounding);
+- quantized mixes (q8_0, q4_k_m) quantize activations to int8 blocks, as llama.cpp does, and the
+  random synthetic models amplify that rounding: <= 0.15, with the arg-max token agreeing at >= 70%
+  of positions. For scale, measured on 150 tokens: llama.cpp itself differs from the exact numpy
+  logits by 0.066 / 0.073 (tiny q8_0 / q4_k_m) and 0.069 / 0.113 (small), with arg-max agreement
+  0.84 and 0.75 on small; this backend by 0.066 / 0.072 and 0.069 / 0.114, agreeing as often.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ pytest.importorskip("kernels._cpu", reason="the compiled CPU extension is not bu
 
 IDS = [248045, 846, 198, 9419, 11, 1879, 0, 35, 17, 5, 400, 12, 77, 1000, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14]
 FLOAT_MIXES = ("f32", "f16", "bf16")
-TOLERANCE = {"f32": 1e-3, "f16": 1e-3, "bf16": 1e-3, "q8_0": 0.05, "q4_k_m": 0.05}
+TOLERANCE = {"f32": 1e-4, "f16": 1e-4, "bf16": 1e-4, "q8_0": 0.15, "q4_k_m": 0.15}
 
 
 def _logits(model, prompt: list[int], steps: list[int]) -> np.ndarray:
@@ -38,10 +41,9 @@ def test_cpu_logits_match_numpy(model_file, preset, qtype):
     cpu_model = load_model(path, backend="cpu")
     assert cpu_model.backend.name == "cpu"
     got = _logits(cpu_model, IDS[:16], IDS[16:])
-    scale = ref.std()
-    assert np.abs(got - ref).max() <= TOLERANCE[qtype] * scale
+    assert np.linalg.norm(got - ref) <= TOLERANCE[qtype] * np.linalg.norm(ref)
     agree = (got.argmax(-1) == ref.argmax(-1)).mean()
-    assert agree >= (1.0 if qtype in FLOAT_MIXES else 0.9)
+    assert agree >= (1.0 if qtype in FLOAT_MIXES else 0.7)
 
 
 def test_cpu_backend_keeps_weights_as_stored(model_file):
