@@ -25,6 +25,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     cache_disk_mb: int = 16384  # SQLite tier budget (blob bytes); 0 disables the disk tier
     checkpoint_interval: int = 2048  # extra checkpoints every N tokens inside long messages
     preserve_thinking: bool = False  # keep remembered reasoning of turns before the last user query
+    responses_max_mb: int = 256  # stored Responses (SQLite, beside the session cache); 0: store none
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_active", "prefill_chunk", "default_max_tokens", "max_body_bytes",
@@ -33,7 +34,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_ctx is not None and self.n_ctx < 2:
             raise ValueError(f"n_ctx must be at least 2, got {self.n_ctx}")
-        if self.cache_ram_mb < 0 or self.cache_disk_mb < 0:
+        if self.cache_ram_mb < 0 or self.cache_disk_mb < 0 or self.responses_max_mb < 0:
             raise ValueError("cache budgets must not be negative")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")

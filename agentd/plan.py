@@ -64,6 +64,7 @@ class ChatInput:
     max_tokens: int | None = None
     stops: list[str] = field(default_factory=list)
     num_top_logprobs: int | None = None
+    turn_ids: dict[int, list[int]] = field(default_factory=dict)  # assistant messages' ids the request carries
 
 
 @dataclass
@@ -101,11 +102,13 @@ def chat_prompt(
     count_tokens). Assistant messages that `turns` remembers are put back as the ids they were
     generated as: those the template renders with their reasoning (after the last user query),
     and with `preserve_thinking` (the serve default, or the request's
-    chat_template_kwargs.preserve_thinking) the earlier ones too. Anything that cannot be
+    chat_template_kwargs.preserve_thinking) the earlier ones too; those in `chat.turn_ids` (ids
+    the request itself carried back, verified) always. Anything that cannot be
     spliced exactly is rendered by the template alone."""
     preserve = _preserve_thinking(chat, preserve_thinking)
     text = render_chat(loaded, chat)
     bodies = _remembered_bodies(chat.messages, turns, preserve) if turns is not None else {}
+    bodies.update(chat.turn_ids)
     spliced = _splice(loaded, chat, text, bodies) if bodies else None
     return spliced or Prompt(text, loaded.model.tokenizer.encode(text))
 

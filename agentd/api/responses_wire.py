@@ -1,0 +1,547 @@
+"""OpenAI Responses wire types (msgspec) and request -> `ChatInput` (clients/codex.md).
+
+Input items become chat-template messages: system and developer messages (and `instructions`)
+merge into the one leading system turn the Qwen template allows; a run of reasoning, assistant
+message and function calls is one assistant turn; a call output is a tool message answering a
+call made before it. Ids, `client_metadata`, `prompt_cache_key` and the like never reach the
+prompt. A reasoning item's `encrypted_content` that opens (agentd.turn_seal) and matches the
+turn as sent back puts the turn's generated ids into `ChatInput.turn_ids`.
+
+Tools: functions as they are; a namespace's inner functions under their own names (qualified
+`namespace.name` only where two would clash), returned with their `namespace`; free-form
+(`custom`) tools as a function of one text parameter `input`. Hosted tools (web_search, ...)
+cannot run here: they are left out, logged once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+from agentd.api.openai_wire import GenerationFields, check_common, sampling_fields, stop_list
+from agentd.history import reply_key
+from agentd.plan import ChatInput, PlanError, ToolChoice
+from agentd.turn_seal import SealedTurn, digest
+
+log = logging.getLogger("agentd")
+
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+CUSTOM_INPUT = "input"  # the one parameter of a free-form tool as the model sees it
+_logged_hosted_tools: set[str] = set()
+
+# -- request types ------------------------------------------------------------------------------
+
+
+class TextFormat(Struct, kw_only=True):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+    description: str | None = None
+
+
+class TextConfig(Struct, kw_only=True):
+    format: TextFormat | None = None
+    verbosity: str | None = None
+
+
+class ReasoningConfig(Struct, kw_only=True):
+    effort: str | None = None
+    summary: str | None = None
+
+
+class ResponsesRequest(GenerationFields, kw_only=True):
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    max_output_tokens: int | None = None
+    text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
+    store: bool | None = None
+    include: list[str] | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    prompt_cache_key: str | None = None
+    previous_response_id: str | None = None
+    truncation: str | None = None
+
+    @property
+    def stored(self) -> bool:
+        return self.store is not False  # the API's default is to store
+
+    @property
+    def wants_encrypted_reasoning(self) -> bool:
+        return ENCRYPTED_REASONING in (self.include or ())
+
+
+class Part(Struct, kw_only=True):
+    type: str
+    text: str | None = None
+    refusal: str | None = None
+
+
+class MessageItem(Struct, kw_only=True):
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[Part]
+
+
+class ReasoningItem(Struct, kw_only=True):
+    summary: list[Part] = []
+    content: list[Part] | None = None
+    encrypted_content: str | None = None
+
+
+class FunctionCallItem(Struct, kw_only=True):
+    call_id: str
+    name: str
+    arguments: str
+    namespace: str | None = None
+
+
+class CustomToolCallItem(Struct, kw_only=True):
+    call_id: str
+    name: str
+    input: str
+    namespace: str | None = None
+
+
+class CallOutputItem(Struct, kw_only=True):
+    call_id: str
+    output: str | list[Part]
+
+
+_ITEM_TYPES: dict[str, type[Struct]] = {
+    "message": MessageItem,
+    "reasoning": ReasoningItem,
+    "function_call": FunctionCallItem,
+    "custom_tool_call": CustomToolCallItem,
+    "function_call_output": CallOutputItem,
+    "custom_tool_call_output": CallOutputItem,
+}
+
+decode_request = msgspec.json.Decoder(ResponsesRequest).decode
+
+# -- response types -----------------------------------------------------------------------------
+
+
+class OutputText(Struct, kw_only=True, tag_field="type", tag="output_text"):
+    text: str
+    annotations: list[Any] = []
+    logprobs: list[Any] = []
+
+
+class ReasoningText(Struct, tag_field="type", tag="reasoning_text"):
+    text: str
+
+
+class SummaryText(Struct, tag_field="type", tag="summary_text"):
+    text: str
+
+
+class MessageOut(Struct, kw_only=True, tag_field="type", tag="message"):
+    id: str
+    status: str
+    content: list[OutputText]
+    role: str = "assistant"
+
+
+class ReasoningOut(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="reasoning"):
+    id: str
+    summary: list[SummaryText]
+    content: list[ReasoningText] | UnsetType = UNSET
+    encrypted_content: str | None | UnsetType = UNSET
+    status: str | UnsetType = UNSET
+
+
+class FunctionCallOut(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="function_call"):
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: str
+    namespace: str | UnsetType = UNSET
+
+
+class CustomToolCallOut(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="custom_tool_call"):
+    id: str
+    call_id: str
+    name: str
+    input: str
+    status: str
+    namespace: str | UnsetType = UNSET
+
+
+OutputItem = MessageOut | ReasoningOut | FunctionCallOut | CustomToolCallOut
+
+
+class InputTokensDetails(Struct):
+    cached_tokens: int
+
+
+class OutputTokensDetails(Struct):
+    reasoning_tokens: int
+
+
+class Usage(Struct, kw_only=True):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class ResponseError(Struct):
+    code: str
+    message: str
+
+
+class IncompleteDetails(Struct):
+    reason: str
+
+
+class ResponseOut(Struct, kw_only=True):
+    id: str
+    object: str = "response"
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    model: str
+    output: list[OutputItem]
+    error: ResponseError | None = None
+    incomplete_details: IncompleteDetails | None = None
+    usage: Usage | None = None
+    instructions: str | None
+    tools: list[dict[str, Any]]
+    tool_choice: str | dict[str, Any]
+    parallel_tool_calls: bool
+    temperature: float | None
+    top_p: float | None
+    max_output_tokens: int | None
+    previous_response_id: str | None
+    reasoning: dict[str, Any]
+    store: bool
+    text: dict[str, Any]
+    truncation: str
+    metadata: dict[str, str]
+    prompt_cache_key: str | None
+    user: str | None
+
+
+class Deleted(Struct):
+    id: str
+    object: str = "response"
+    deleted: bool = True
+
+
+encode = msgspec.json.Encoder().encode
+
+
+def response_shell(req: ResponsesRequest, response_id: str, model: str, created_at: int) -> ResponseOut:
+    """The response as it starts: no output yet, the request's settings echoed."""
+    text_format = req.text.format if req.text is not None and req.text.format is not None else TextFormat()
+    return ResponseOut(
+        id=response_id,
+        created_at=created_at,
+        status="in_progress",
+        model=model,
+        output=[],
+        instructions=req.instructions,
+        tools=req.tools or [],
+        tool_choice=req.tool_choice if req.tool_choice is not None else "auto",
+        parallel_tool_calls=req.parallel_tool_calls is not False,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_output_tokens=req.max_output_tokens,
+        previous_response_id=req.previous_response_id,
+        reasoning=msgspec.to_builtins(req.reasoning) if req.reasoning is not None else {},
+        store=req.stored,
+        text={"format": msgspec.to_builtins(text_format)},
+        truncation=req.truncation or "disabled",
+        metadata=req.metadata or {},
+        prompt_cache_key=req.prompt_cache_key,
+        user=req.user,
+    )
+
+
+# -- tools --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolRef:
+    """What the client calls a tool the model knows by its prompt name."""
+
+    name: str
+    namespace: str | None = None
+    custom: bool = False
+
+
+@dataclass
+class Tools:
+    chat: list[dict[str, Any]] = field(default_factory=list)  # OpenAI function tools for the template
+    refs: dict[str, ToolRef] = field(default_factory=dict)  # prompt name -> as the client knows it
+
+    def prompt_name(self, name: str, namespace: str | None) -> str:
+        """The prompt name of a tool the client names (a tool not offered keeps its own name)."""
+        found = [p for p, ref in self.refs.items() if ref.name == name and ref.namespace == namespace]
+        return found[0] if found else name
+
+    def add(self, tool: dict[str, Any], namespace: str | None, param: str) -> None:
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise PlanError("a tool needs a name", param)
+        custom = tool.get("type") == "custom"
+        if custom:
+            parameters = {"type": "object", "properties": {CUSTOM_INPUT: {"type": "string"}}, "required": [CUSTOM_INPUT]}
+        else:
+            parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+            if not isinstance(parameters, dict):
+                raise PlanError("a function's parameters must be a JSON schema object", param)
+        prompt = f"{namespace}.{name}" if name in self.refs and namespace else name
+        if prompt in self.refs:
+            raise PlanError(f"tool {prompt!r} is defined twice", param)
+        function: dict[str, Any] = {"name": prompt}  # the order chat clients send (the template renders it)
+        if isinstance(tool.get("description"), str):
+            function["description"] = tool["description"]
+        function["parameters"] = parameters
+        self.chat.append({"type": "function", "function": function})
+        self.refs[prompt] = ToolRef(name, namespace, custom)
+
+
+def convert_tools(tools: list[dict[str, Any]] | None) -> Tools:
+    out = Tools()
+    for i, tool in enumerate(tools or ()):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind in ("function", "custom"):
+            out.add(tool, None, f"tools[{i}]")
+        elif kind == "namespace":
+            inner = tool.get("tools")
+            if not isinstance(inner, list) or not isinstance(tool.get("name"), str):
+                raise PlanError("a namespace tool needs a name and a list of tools", f"tools[{i}]")
+            for j, function in enumerate(inner):
+                if not isinstance(function, dict) or function.get("type", "function") not in ("function", "custom"):
+                    raise PlanError("a namespace holds function or custom tools", f"tools[{i}].tools[{j}]")
+                out.add(function, tool["name"], f"tools[{i}].tools[{j}]")
+        elif isinstance(kind, str):
+            _log_hosted_tool(kind)
+        else:
+            raise PlanError("a tool needs a type", f"tools[{i}]")
+    return out
+
+
+def _log_hosted_tool(kind: str) -> None:
+    if kind not in _logged_hosted_tools:
+        _logged_hosted_tools.add(kind)
+        log.info("tool type %r cannot run here; it is left out of the prompt", kind)
+
+
+def _tool_choice(req: ResponsesRequest, tools: Tools) -> tuple[ToolChoice, Tools]:
+    """The choice, and the tools to offer (allowed_tools narrows them)."""
+    parallel = req.parallel_tool_calls is not False
+    choice = req.tool_choice
+    if choice is None:
+        return ToolChoice("auto" if tools.chat else "none", parallel=parallel), tools
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise PlanError(f"tool_choice must be 'auto', 'none' or 'required', got {choice!r}", "tool_choice")
+        return ToolChoice(choice, parallel=parallel), tools
+    kind = choice.get("type")
+    if kind in ("function", "custom") and isinstance(choice.get("name"), str):
+        name = tools.prompt_name(choice["name"], choice.get("namespace"))
+        return ToolChoice("named", name, parallel), tools
+    if kind == "allowed_tools" and isinstance(choice.get("tools"), list):
+        mode = choice.get("mode", "auto")
+        if mode not in ("auto", "required"):
+            raise PlanError("allowed_tools mode must be 'auto' or 'required'", "tool_choice")
+        allowed = {tools.prompt_name(t.get("name"), t.get("namespace")) for t in choice["tools"] if isinstance(t, dict)}
+        narrowed = Tools([t for t in tools.chat if t["function"]["name"] in allowed],
+                         {p: ref for p, ref in tools.refs.items() if p in allowed})  # fmt: skip
+        return ToolChoice(mode if narrowed.chat else "none", parallel=parallel), narrowed
+    raise PlanError(f"tool_choice {choice!r} names no function or custom tool this daemon can run", "tool_choice")
+
+
+# -- input items -> messages --------------------------------------------------------------------
+
+
+def item_type(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return None
+    kind = item.get("type")
+    return "message" if kind is None and "role" in item else kind
+
+
+@dataclass
+class _Turn:
+    """An assistant turn being assembled from items: reasoning, then a message, then calls."""
+
+    phase: int = 0
+    reasoning: str | None = None
+    content: str = ""
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    blob: str | None = None
+
+
+_PHASES = {"reasoning": 0, "message": 1, "function_call": 2, "custom_tool_call": 2}
+
+
+class _Conversation:
+    def __init__(self, tools: Tools, unseal: Callable[[str], SealedTurn | None]):
+        self.tools = tools
+        self.unseal = unseal
+        self.system: list[str] = []
+        self.messages: list[dict[str, Any]] = []
+        self.turn_ids: dict[int, list[int]] = {}
+        self.calls: set[str] = set()
+        self.turn: _Turn | None = None
+
+    def add(self, item: dict[str, Any], param: str) -> None:
+        kind = item_type(item)
+        model = _ITEM_TYPES.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            raise PlanError(f"input item type {kind!r} is not supported", param)
+        try:
+            parsed = msgspec.convert(item, model)
+        except msgspec.ValidationError as exc:
+            raise PlanError(f"invalid {kind} item: {exc}", param) from exc
+        if isinstance(parsed, MessageItem) and parsed.role != "assistant":
+            self._message(parsed, param)
+        elif isinstance(parsed, CallOutputItem):
+            if parsed.call_id not in self.calls:
+                raise PlanError(f"no {kind.removesuffix('_output')} with call_id {parsed.call_id!r} before this output", param)
+            self._close_turn()
+            self.messages.append({"role": "tool", "tool_call_id": parsed.call_id,
+                                  "content": _text(parsed.output, param)})  # fmt: skip
+        else:
+            self._assistant(kind, parsed, param)
+
+    def _message(self, message: MessageItem, param: str) -> None:
+        text = _text(message.content, param)
+        if message.role in ("system", "developer"):
+            self.system.append(text)
+            return
+        self._close_turn()
+        self.messages.append({"role": "user", "content": text})
+
+    def _assistant(self, kind: str, parsed: Any, param: str) -> None:
+        phase = _PHASES[kind]
+        turn = self.turn
+        if turn is None or phase < turn.phase or (phase == turn.phase and phase < 2):
+            self._close_turn()
+            turn = self.turn = _Turn()
+        turn.phase = phase
+        if isinstance(parsed, ReasoningItem):
+            parts = parsed.content or parsed.summary
+            turn.reasoning = "\n\n".join(p.text or "" for p in parts) if parts else None
+            turn.blob = parsed.encrypted_content
+        elif isinstance(parsed, MessageItem):
+            turn.content = _text(parsed.content, param)
+        else:
+            self.calls.add(parsed.call_id)
+            name = self.tools.prompt_name(parsed.name, parsed.namespace)
+            arguments = parsed.arguments if isinstance(parsed, FunctionCallItem) else json.dumps({CUSTOM_INPUT: parsed.input})
+            turn.calls.append({"id": parsed.call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
+
+    def _close_turn(self) -> None:
+        turn, self.turn = self.turn, None
+        if turn is None:
+            return
+        message: dict[str, Any] = {"role": "assistant", "content": turn.content}
+        if turn.reasoning is not None:
+            message["reasoning_content"] = turn.reasoning
+        if turn.calls:
+            message["tool_calls"] = turn.calls
+        sealed = self.unseal(turn.blob) if turn.blob else None
+        if sealed is not None and _seals(sealed, message):
+            self.turn_ids[len(self.messages)] = sealed.body_ids
+        self.messages.append(message)
+
+    def finish(self, instructions: str | None) -> tuple[list[dict[str, Any]], dict[int, list[int]]]:
+        self._close_turn()
+        system = [instructions] if instructions else []
+        system += self.system
+        if not system:
+            return self.messages, self.turn_ids
+        shifted = {i + 1: ids for i, ids in self.turn_ids.items()}
+        return [{"role": "system", "content": "\n\n".join(system)}, *self.messages], shifted
+
+
+def assistant_message(items: list[dict[str, Any]], tools: Tools) -> dict[str, Any]:
+    """The template message our output items come back as (what a seal must match)."""
+    conversation = _Conversation(tools, lambda blob: None)
+    for i, item in enumerate(items):
+        conversation.add(item, f"output[{i}]")
+    return conversation.finish(None)[0][0]
+
+
+def seal_key(message: dict[str, Any]) -> str:
+    key = reply_key(message)
+    assert key is not None, "our own output items always make a keyable reply"
+    return key
+
+
+def _seals(sealed: SealedTurn, message: dict[str, Any]) -> bool:
+    """Whether the sealed ids are those of this turn as sent back: the same reply, and the same
+    reasoning when the client sent its text."""
+    key = reply_key(message)
+    reasoning = message.get("reasoning_content")
+    if key is None or digest(key) != sealed.reply:
+        return False
+    return not reasoning or digest(reasoning.strip()) == sealed.reasoning
+
+
+def _text(content: str | list[Part], param: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        text = part.text if part.type in ("input_text", "output_text", "text") else part.refusal
+        if text is None:
+            raise PlanError(f"content part type {part.type!r} is not supported (text only)", param)
+        texts.append(text)
+    return "".join(texts)
+
+
+def chat_input(
+    req: ResponsesRequest, previous: list[dict[str, Any]], unseal: Callable[[str], SealedTurn | None]
+) -> tuple[ChatInput, Tools]:
+    """The API-neutral form of a Responses request continuing `previous` (the items of the stored
+    response it names); raises PlanError naming a bad field."""
+    check_common(req)
+    tools = convert_tools(req.tools)
+    choice, offered = _tool_choice(req, tools)
+    conversation = _Conversation(tools, unseal)
+    for item in previous:
+        conversation.add(item, "previous_response_id")
+    for i, item in enumerate(input_items(req)):
+        conversation.add(item, f"input[{i}]")
+    messages, turn_ids = conversation.finish(req.instructions)
+    fmt = req.text.format if req.text is not None else None
+    if fmt is not None and fmt.type == "json_schema" and fmt.schema is None:
+        raise PlanError("text.format json_schema needs a schema", "text.format")
+    effort = req.reasoning.effort if req.reasoning is not None else None
+    chat = ChatInput(
+        messages=messages,
+        tools=offered.chat or None,
+        tool_choice=choice,
+        json_output=fmt is not None and fmt.type != "text",
+        json_schema=fmt.schema if fmt is not None else None,
+        template_kwargs={"enable_thinking": False} if effort in ("none", "minimal") else {},
+        sampling=sampling_fields(req),
+        max_tokens=req.max_output_tokens if req.max_output_tokens is not None else req.max_tokens,
+        stops=stop_list(req.stop),
+        turn_ids=turn_ids,
+    )
+    return chat, tools
+
+
+def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
+    if isinstance(req.input, str):
+        return [{"type": "message", "role": "user", "content": req.input}]
+    if not req.input and req.previous_response_id is None:
+        raise PlanError("input must not be empty", "input")
+    return req.input
