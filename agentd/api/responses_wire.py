@@ -261,7 +261,7 @@ def response_shell(req: ResponsesRequest, response_id: str, model: str, created_
         previous_response_id=req.previous_response_id,
         reasoning=msgspec.to_builtins(req.reasoning) if req.reasoning is not None else {},
         store=req.stored,
-        text={"format": msgspec.to_builtins(text_format)},
+        text={"format": {k: v for k, v in msgspec.to_builtins(text_format).items() if v is not None}},
         truncation=req.truncation or "disabled",
         metadata=req.metadata or {},
         prompt_cache_key=req.prompt_cache_key,
@@ -297,7 +297,8 @@ class Tools:
             raise PlanError("a tool needs a name", param)
         custom = tool.get("type") == "custom"
         if custom:
-            parameters = {"type": "object", "properties": {CUSTOM_INPUT: {"type": "string"}}, "required": [CUSTOM_INPUT]}
+            parameters = {"type": "object", "properties": {CUSTOM_INPUT: {"type": "string"}},
+                          "required": [CUSTOM_INPUT]}  # fmt: skip
         else:
             parameters = tool.get("parameters") or {"type": "object", "properties": {}}
             if not isinstance(parameters, dict):
@@ -412,7 +413,8 @@ class _Conversation:
             self._message(parsed, param)
         elif isinstance(parsed, CallOutputItem):
             if parsed.call_id not in self.calls:
-                raise PlanError(f"no {kind.removesuffix('_output')} with call_id {parsed.call_id!r} before this output", param)
+                call = kind.removesuffix("_output")
+                raise PlanError(f"no {call} with call_id {parsed.call_id!r} before this output", param)
             self._close_turn()
             self.messages.append({"role": "tool", "tool_call_id": parsed.call_id,
                                   "content": _text(parsed.output, param)})  # fmt: skip
@@ -443,8 +445,12 @@ class _Conversation:
         else:
             self.calls.add(parsed.call_id)
             name = self.tools.prompt_name(parsed.name, parsed.namespace)
-            arguments = parsed.arguments if isinstance(parsed, FunctionCallItem) else json.dumps({CUSTOM_INPUT: parsed.input})
-            turn.calls.append({"id": parsed.call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
+            if isinstance(parsed, FunctionCallItem):
+                arguments = parsed.arguments
+            else:
+                arguments = json.dumps({CUSTOM_INPUT: parsed.input})
+            function = {"name": name, "arguments": arguments}
+            turn.calls.append({"id": parsed.call_id, "type": "function", "function": function})
 
     def _close_turn(self) -> None:
         turn, self.turn = self.turn, None

@@ -334,6 +334,16 @@ def test_bad_input_gets_a_400_and_serving_goes_on(server, body, param):
     assert status == 200 and reply["usage"]["output_tokens"] == 1
 
 
+def test_a_prompt_over_the_context_fails_the_way_codex_understands(client):
+    too_long = "word " * 5000
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model="m", input=too_long)
+    assert err.value.body["code"] == "context_length_exceeded" and "4096" in err.value.body["message"]
+    events = list(client.responses.create(model="m", input=too_long, stream=True))
+    assert [e.type for e in events] == ["response.created", "response.in_progress", "response.failed"]
+    assert events[-1].response.error.code == "context_length_exceeded"
+
+
 def test_unknown_ids_get_404(server):
     for method in ("GET", "DELETE"):
         status, _, reply = server.request(method, "/v1/responses/resp_nothing")
