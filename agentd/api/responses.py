@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -31,6 +32,7 @@ from aiohttp import web
 from agentd import sse
 from agentd.api.common import CONFIG, TURNS, TurnRecorder, admitted, decode_body, loaded_model, log_request, make_plan
 from agentd.api.responses_wire import (
+    CUSTOM_INPUT,
     CustomToolCallOut,
     Deleted,
     FunctionCallOut,
@@ -55,13 +57,12 @@ from agentd.api.responses_wire import (
     input_items,
     response_shell,
     seal_key,
-    CUSTOM_INPUT,
 )
 from agentd.config import ServeConfig
 from agentd.errors import ApiError, invalid_request
 from agentd.loader import LoadedModel
 from agentd.output import Done, KeepAlive, OutputEvent, output_events
-from agentd.plan import ChatInput, ContextOverflow, Plan, PlanError, plan_chat
+from agentd.plan import ContextOverflow, Plan, PlanError, plan_chat
 from agentd.prefix_cache import default_cache_dir
 from agentd.responses_store import DB_FILENAME, ResponseStore
 from agentd.runner import Failed, Job, Token
@@ -142,7 +143,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     async with admitted(request, plan) as job:
         # The client that gets its ids back in a blob needs no memo entry for them.
         recorder = TurnRecorder(None if req.wants_encrypted_reasoning else turns, loaded.model.tokenizer, chat, job)
-        finish = _Finisher(req, state, sealer, chat, tools, recorder, previous)
+        finish = _Finisher(req, state, sealer, tools, recorder, previous)
         if req.stream:
             return await _stream(request, job, plan, config.keepalive_seconds, builder, finish)
         return await _collect(job, plan, builder, finish)
@@ -376,29 +377,19 @@ def _custom_input(arguments: str) -> str:
 # -- the end of a response: seal, store --------------------------------------------------------
 
 
+@dataclass
 class _Finisher:
     """What happens once the output is complete: the turn's ids sealed for the client and the
     store, and the response stored."""
 
-    def __init__(
-        self,
-        req: ResponsesRequest,
-        state: ResponsesState,
-        sealer: TurnSealer,
-        chat: ChatInput,
-        tools: Tools,
-        recorder: TurnRecorder,
-        previous: list[dict[str, Any]],
-    ):
-        self.req = req
-        self.state = state
-        self.sealer = sealer
-        self.chat = chat
-        self.tools = tools
-        self.recorder = recorder
-        self.previous = previous
-        self._blob: str | None = None
-        self._sealed = False
+    req: ResponsesRequest
+    state: ResponsesState
+    sealer: TurnSealer
+    tools: Tools
+    recorder: TurnRecorder
+    previous: list[dict[str, Any]]
+    _blob: str | None = None
+    _sealed: bool = False
 
     def blob(self, items: list[OutputItem]) -> str | None:
         """The seal of this turn's ids, None when they are not exactly what the client got."""

@@ -160,22 +160,20 @@ class ReasoningOut(Struct, kw_only=True, omit_defaults=True, tag_field="type", t
     status: str | UnsetType = UNSET
 
 
-class FunctionCallOut(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="function_call"):
+class _CallOut(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     id: str
     call_id: str
     name: str
+    status: str
+    namespace: str | UnsetType = UNSET
+
+
+class FunctionCallOut(_CallOut, tag="function_call"):
     arguments: str
-    status: str
-    namespace: str | UnsetType = UNSET
 
 
-class CustomToolCallOut(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="custom_tool_call"):
-    id: str
-    call_id: str
-    name: str
+class CustomToolCallOut(_CallOut, tag="custom_tool_call"):
     input: str
-    status: str
-    namespace: str | UnsetType = UNSET
 
 
 OutputItem = MessageOut | ReasoningOut | FunctionCallOut | CustomToolCallOut
