@@ -19,7 +19,7 @@ from agentd.loader import LoadedModel
 from agentd.output import TextPipeline
 from agentd.runner import GenerationRequest
 from engine.sampling import Sampler, SamplingParams
-from tools.grammar import json_schema_grammar, tool_call_grammar
+from tools.grammar import TextGrammar, json_schema_grammar, tool_call_grammar
 from tools.hermes import HermesParser
 from tools.qwen_xml import QwenXmlParser
 
@@ -65,6 +65,8 @@ class ChatInput:
     stops: list[str] = field(default_factory=list)
     num_top_logprobs: int | None = None
     turn_ids: dict[int, list[int]] = field(default_factory=dict)  # assistant messages' ids the request carries
+    # (function, text parameter) -> the grammar its value follows (Responses' free-form tools)
+    tool_grammars: dict[tuple[str, str], TextGrammar] = field(default_factory=dict)
 
 
 @dataclass
@@ -266,12 +268,15 @@ def _constraint(loaded: LoadedModel, chat: ChatInput, mode: ToolMode) -> Any:
     try:
         if mode in ("required", "named"):
             grammar = tool_call_grammar(
-                chat.tools, mode, name=choice.name, parallel=choice.parallel, fmt=loaded.tool_format
-            )
+                chat.tools, mode, name=choice.name, parallel=choice.parallel, fmt=loaded.tool_format,
+                text_grammars=chat.tool_grammars,
+            )  # fmt: skip
         elif chat.json_output:
             grammar = json_schema_grammar(chat.json_schema)
         elif mode == "auto":
-            grammar = tool_call_grammar(chat.tools, "auto", parallel=choice.parallel, fmt=loaded.tool_format)
+            grammar = tool_call_grammar(
+                chat.tools, "auto", parallel=choice.parallel, fmt=loaded.tool_format, text_grammars=chat.tool_grammars
+            )
         else:
             return None
         return loaded.grammars.matcher(grammar)

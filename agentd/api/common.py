@@ -116,7 +116,12 @@ class TurnRecorder:
     the ids go on past what the client got."""
 
     def __init__(
-        self, turns: GeneratedTurns | None, tokenizer: Any, chat: ChatInput, job: Job, call_id: Callable[[str], str] = str
+        self,
+        turns: GeneratedTurns | None,
+        tokenizer: Any,
+        chat: ChatInput,
+        job: Job,
+        call_id: Callable[[str], str] = str,
     ):
         self._turns = turns  # None: only find `body_ids` (the client gets them back another way)
         self._tokenizer = tokenizer

@@ -27,6 +27,7 @@ from agentd.api.openai_wire import GenerationFields, check_common, sampling_fiel
 from agentd.history import reply_key
 from agentd.plan import ChatInput, PlanError, ToolChoice
 from agentd.turn_seal import SealedTurn, digest
+from tools.grammar import TextGrammar
 
 log = logging.getLogger("agentd")
 
@@ -283,6 +284,7 @@ class ToolRef:
 class Tools:
     chat: list[dict[str, Any]] = field(default_factory=list)  # OpenAI function tools for the template
     refs: dict[str, ToolRef] = field(default_factory=dict)  # prompt name -> as the client knows it
+    grammars: dict[tuple[str, str], TextGrammar] = field(default_factory=dict)  # of free-form tools' input
 
     def prompt_name(self, name: str, namespace: str | None) -> str:
         """The prompt name of a tool the client names (a tool not offered keeps its own name)."""
@@ -310,6 +312,19 @@ class Tools:
         function["parameters"] = parameters
         self.chat.append({"type": "function", "function": function})
         self.refs[prompt] = ToolRef(name, namespace, custom)
+        if custom:
+            self._add_grammar(prompt, tool.get("format"), param)
+
+    def _add_grammar(self, prompt: str, fmt: Any, param: str) -> None:
+        """A free-form tool's `format`: plain text, or a grammar its input is constrained to."""
+        if fmt is None or isinstance(fmt, dict) and fmt.get("type") == "text":
+            return
+        if not isinstance(fmt, dict) or fmt.get("type") != "grammar":
+            raise PlanError("a custom tool's format is {'type': 'text'} or {'type': 'grammar', ...}", param)
+        syntax, definition = fmt.get("syntax"), fmt.get("definition")
+        if syntax not in ("lark", "regex") or not isinstance(definition, str):
+            raise PlanError("a grammar format needs syntax 'lark' or 'regex' and a definition", param)
+        self.grammars[(prompt, CUSTOM_INPUT)] = (syntax, definition)
 
 
 def convert_tools(tools: list[dict[str, Any]] | None) -> Tools:
@@ -359,7 +374,7 @@ def _tool_choice(req: ResponsesRequest, tools: Tools) -> tuple[ToolChoice, Tools
             raise PlanError("allowed_tools mode must be 'auto' or 'required'", "tool_choice")
         allowed = {tools.prompt_name(t.get("name"), t.get("namespace")) for t in choice["tools"] if isinstance(t, dict)}
         narrowed = Tools([t for t in tools.chat if t["function"]["name"] in allowed],
-                         {p: ref for p, ref in tools.refs.items() if p in allowed})  # fmt: skip
+                         {p: ref for p, ref in tools.refs.items() if p in allowed}, tools.grammars)  # fmt: skip
         return ToolChoice(mode if narrowed.chat else "none", parallel=parallel), narrowed
     raise PlanError(f"tool_choice {choice!r} names no function or custom tool this daemon can run", "tool_choice")
 
@@ -539,6 +554,7 @@ def chat_input(
         max_tokens=req.max_output_tokens if req.max_output_tokens is not None else req.max_tokens,
         stops=stop_list(req.stop),
         turn_ids=turn_ids,
+        tool_grammars=offered.grammars,
     )
     return chat, tools
 

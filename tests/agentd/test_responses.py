@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -149,7 +150,8 @@ def test_greedy_output_equals_the_chat_endpoints(client):
             {"role": "system", "content": "You are terse.\n\nAnswer briefly."},
             {"role": "user", "content": QUESTION},
             {"role": "assistant", "content": "", "tool_calls": [
-                {"id": "call_a", "type": "function", "function": {"name": "forecast", "arguments": items[2]["arguments"]}}]},
+                {"id": "call_a", "type": "function",
+                 "function": {"name": "forecast", "arguments": items[2]["arguments"]}}]},
             {"role": "tool", "tool_call_id": "call_a", "content": "Sunny, 21 C"},
         ],
     )  # fmt: skip
@@ -211,7 +213,8 @@ def test_a_tampered_blob_is_ignored_and_the_turn_rendered_by_the_template(server
     chat_messages = [
         {"role": "user", "content": QUESTION},
         {"role": "assistant", "content": "", "reasoning_content": "", "tool_calls": [
-            {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]},
+            {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in calls]},
         *[{"role": "tool", "tool_call_id": c.call_id, "content": "Sunny, 21 C"} for c in calls],
     ]  # fmt: skip
     chat_tools = [{"type": "function", "function": {k: v for k, v in FORECAST.items() if k != "type"}}]
@@ -303,6 +306,23 @@ def test_a_custom_tool_call_carries_raw_input(client):
              {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done"}]  # fmt: skip
     second = client.responses.create(model="m", input=items, tools=[patch], max_output_tokens=1)
     assert second.usage.input_tokens > final.usage.input_tokens
+
+
+def test_a_custom_tools_grammar_constrains_its_input(client):
+    lark = 'start: "*** Begin Patch\\n" change{1,3} "*** End Patch"\nchange: /[+-]/ /[a-z]{1,8}/ "\\n"\n'
+    patch = {"type": "custom", "name": "apply_patch",
+             "format": {"type": "grammar", "syntax": "lark", "definition": lark}}  # fmt: skip
+    for seed in range(2):
+        response = client.responses.create(
+            model="m", input=QUESTION, tools=[patch], tool_choice={"type": "custom", "name": "apply_patch"},
+            parallel_tool_calls=False, max_output_tokens=200, extra_body={"seed": seed},
+        )
+        call = response.output[-1]
+        assert response.status == "completed" and call.type == "custom_tool_call"
+        assert re.fullmatch(r"\*\*\* Begin Patch\n(?:[+-][a-z]{1,8}\n){1,3}\*\*\* End Patch", call.input), call.input
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model="m", input=QUESTION, tools=[{**patch, "format": {"type": "grammar"}}])
+    assert err.value.body["param"] == "tools[0]"
 
 
 def test_reasoning_effort_none_turns_thinking_off(client):
