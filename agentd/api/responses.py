@@ -24,54 +24,35 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import msgspec
 from aiohttp import web
 
 from agentd import sse
 from agentd.api.common import CONFIG, TURNS, TurnRecorder, admitted, decode_body, loaded_model, log_request, make_plan
+from agentd.api.responses_events import EventBuilder, SseEvent
+from agentd.api.responses_input import Tools, assistant_message, chat_input, input_items, seal_key
 from agentd.api.responses_wire import (
-    CUSTOM_INPUT,
-    CustomToolCallOut,
     Deleted,
-    FunctionCallOut,
-    IncompleteDetails,
-    InputTokensDetails,
-    MessageOut,
     OutputItem,
-    OutputText,
-    OutputTokensDetails,
-    ReasoningOut,
-    ReasoningText,
-    ResponseError,
     ResponseOut,
     ResponsesRequest,
-    SummaryText,
-    Tools,
-    Usage,
-    assistant_message,
-    chat_input,
     decode_request,
     encode,
-    input_items,
     response_shell,
-    seal_key,
 )
 from agentd.config import ServeConfig
 from agentd.errors import ApiError, invalid_request
 from agentd.loader import LoadedModel
-from agentd.output import Done, KeepAlive, OutputEvent, output_events
+from agentd.output import Done, KeepAlive, output_events
 from agentd.plan import ContextOverflow, Plan, PlanError, plan_chat
 from agentd.prefix_cache import default_cache_dir
-from agentd.responses_store import DB_FILENAME, ResponseStore
-from agentd.runner import Failed, Job, Token
+from agentd.responses_store import DB_FILENAME, ResponseStore, StoredResponse
+from agentd.runner import Failed, Job
 from agentd.turn_seal import TurnSealer
-from tools.events import ReasoningDelta, TextDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 
 log = logging.getLogger("agentd")
-
-SseEvent = tuple[str, bytes]  # event name, data
 
 
 class ResponsesState:
@@ -139,7 +120,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             return await _fail_stream(request, shell, "context_length_exceeded", message)
         raise invalid_request(message, param="input", code="context_length_exceeded") from exc
     thinking = plan.prompt.rstrip().endswith("<think>")
-    builder = _Builder(shell, tools, thinking=thinking, stream=bool(req.stream), sealed=req.wants_encrypted_reasoning)
+    builder = EventBuilder(shell, tools, thinking=thinking, stream=bool(req.stream), sealed=req.wants_encrypted_reasoning)
     async with admitted(request, plan) as job:
         # The client that gets its ids back in a blob needs no memo entry for them.
         recorder = TurnRecorder(None if req.wants_encrypted_reasoning else turns, loaded.model.tokenizer, chat, job)
@@ -162,7 +143,7 @@ async def delete_response(request: web.Request) -> web.Response:
     return web.Response(body=encode(Deleted(response_id)), content_type="application/json")
 
 
-async def _stored(request: web.Request) -> Any:
+async def _stored(request: web.Request) -> StoredResponse:
     response_id = request.match_info["response_id"]
     store = await request.app[RESPONSES].store()
     stored = await asyncio.to_thread(store.get, response_id) if store is not None else None
@@ -188,190 +169,6 @@ async def _previous_items(state: ResponsesState, response_id: str | None) -> lis
             code="previous_response_not_found",
         )
     return stored.items
-
-
-# -- output events -> Responses events ----------------------------------------------------------
-
-
-class _Builder:
-    """Output events -> Responses stream events (encoded when streaming), building the response's
-    output items on the way. With `sealed`, item 0 is always a reasoning item and every
-    `output_item.done` waits for `finish`, which puts the blob into it."""
-
-    def __init__(self, response: ResponseOut, tools: Tools, *, thinking: bool, stream: bool, sealed: bool):
-        self.response = response
-        self.tools = tools
-        self.thinking = thinking  # generation starts inside reasoning
-        self.stream = stream
-        self.sealed = sealed
-        self.open: OutputItem | None = None
-        self.text: list[str] = []  # the open item's text so far
-        self.held: list[OutputItem] = []  # items whose output_item.done waits for the end
-        self.num_tokens = 0
-        self.reasoning_tokens: int | None = None  # known at the first answer token
-        self._seq = 0
-
-    @property
-    def items(self) -> list[OutputItem]:
-        return self.response.output
-
-    def _event(self, kind: str, **fields: Any) -> list[SseEvent]:
-        self._seq += 1
-        if not self.stream:
-            return []
-        return [(kind, encode({"type": kind, "sequence_number": self._seq - 1, **fields}))]
-
-    def start(self) -> list[SseEvent]:
-        return self._event("response.created", response=self.response) + self.progress()
-
-    def progress(self) -> list[SseEvent]:
-        return self._event("response.in_progress", response=self.response)
-
-    def event(self, event: OutputEvent) -> list[SseEvent]:
-        if isinstance(event, Token):
-            self.num_tokens += 1
-            return []
-        if isinstance(event, ReasoningDelta):
-            out = [] if isinstance(self.open, ReasoningOut) else self._open_reasoning()
-            return out + self._delta("response.reasoning_text.delta", event.text)
-        if isinstance(event, TextDelta):
-            out = [] if isinstance(self.open, MessageOut) else self._open_answer(self._message())
-            return out + self._delta("response.output_text.delta", event.text, logprobs=[])
-        if isinstance(event, ToolCallStart):
-            return self._open_answer(self._call(event))
-        if isinstance(event, ToolCallArgsDelta):
-            if isinstance(self.open, FunctionCallOut):
-                return self._delta("response.function_call_arguments.delta", event.fragment)
-            self.text.append(event.fragment)  # a custom tool's input is known once its call ends
-            return []
-        if isinstance(event, ToolCallEnd):
-            return self._close("completed")
-        return []
-
-    def _message(self) -> MessageOut:
-        return MessageOut(id="msg_" + uuid.uuid4().hex, status="in_progress", content=[])
-
-    def _call(self, start: ToolCallStart) -> OutputItem:
-        ref = self.tools.refs.get(start.name)
-        name = ref.name if ref is not None else start.name
-        namespace = ref.namespace if ref is not None and ref.namespace else msgspec.UNSET
-        item_id = "fc_" + uuid.uuid4().hex
-        if ref is not None and ref.custom:
-            return CustomToolCallOut(id=item_id, call_id=start.id, name=name, input="", status="in_progress",
-                                     namespace=namespace)  # fmt: skip
-        return FunctionCallOut(id=item_id, call_id=start.id, name=name, arguments="", status="in_progress",
-                               namespace=namespace)  # fmt: skip
-
-    def _open_reasoning(self) -> list[SseEvent]:
-        out = self._close("completed")
-        item = ReasoningOut(id="rs_" + uuid.uuid4().hex, summary=[], status="in_progress")
-        out += self._add(item)
-        return out + self._event("response.content_part.added", **self._where(), part=ReasoningText(""))
-
-    def _open_answer(self, item: OutputItem) -> list[SseEvent]:
-        """Open a message or a call: the reasoning before it (if any) ends here."""
-        out = self._close("completed")
-        if self.reasoning_tokens is None:
-            self.reasoning_tokens = max(self.num_tokens - 1, 0) if self.thinking else 0
-        if self.sealed and not self.items:
-            out += self._open_reasoning() + self._close("completed")  # item 0 carries the blob
-        out += self._add(item)
-        if isinstance(item, MessageOut):
-            out += self._event("response.content_part.added", **self._where(), part=OutputText(text=""))
-        return out
-
-    def _add(self, item: OutputItem) -> list[SseEvent]:
-        self.items.append(item)
-        self.open = item
-        self.text = []
-        return self._event("response.output_item.added", output_index=len(self.items) - 1, item=item)
-
-    def _where(self) -> dict[str, Any]:
-        """Where the open (always the last) item is."""
-        return {"item_id": self.items[-1].id, "output_index": len(self.items) - 1, "content_index": 0}
-
-    def _delta(self, kind: str, text: str, **fields: Any) -> list[SseEvent]:
-        self.text.append(text)
-        where = self._where()
-        if kind == "response.function_call_arguments.delta":
-            del where["content_index"]
-        return self._event(kind, **where, delta=text, **fields)
-
-    def _close(self, status: str) -> list[SseEvent]:
-        """End the open item: its text goes in, its done events go out (`output_item.done` held
-        when sealed)."""
-        item, self.open = self.open, None
-        if item is None:
-            return []
-        where = self._where()
-        text = "".join(self.text)
-        item.status = status
-        out: list[SseEvent] = []
-        if isinstance(item, ReasoningOut):
-            item.content, item.summary = [ReasoningText(text)], [SummaryText(text)] if text else []
-            out += self._event("response.reasoning_text.done", **where, text=text)
-            out += self._event("response.content_part.done", **where, part=item.content[0])
-        elif isinstance(item, MessageOut):
-            item.content = [OutputText(text=text)]
-            out += self._event("response.output_text.done", **where, text=text, logprobs=[])
-            out += self._event("response.content_part.done", **where, part=item.content[0])
-        elif isinstance(item, FunctionCallOut):
-            item.arguments = text
-            del where["content_index"]
-            out += self._event("response.function_call_arguments.done", **where, arguments=text)
-        else:
-            item.input = _custom_input(text)
-            del where["content_index"]
-            out += self._event("response.custom_tool_call_input.delta", **where, delta=item.input)
-            out += self._event("response.custom_tool_call_input.done", **where, input=item.input)
-        if self.sealed:
-            self.held.append(item)
-            return out
-        return out + self._item_done(item)
-
-    def _item_done(self, item: OutputItem) -> list[SseEvent]:
-        return self._event("response.output_item.done", output_index=self.items.index(item), item=item)
-
-    def finish(self, done: Done, job: Job, blob: Callable[[], str | None]) -> list[SseEvent]:
-        """Close the output (sealing it when asked) and end the response."""
-        cut = done.finish_reason == "length"
-        out = self._close("incomplete" if cut else "completed")
-        if self.sealed and not self.items:
-            out += self._open_reasoning() + self._close("completed")
-        if self.reasoning_tokens is None:
-            self.reasoning_tokens = self.num_tokens if self.thinking else 0
-        if self.sealed:
-            first = self.items[0]
-            assert isinstance(first, ReasoningOut)
-            first.encrypted_content = blob()
-            for item in self.held:
-                out += self._item_done(item)
-        r = self.response
-        r.status = "incomplete" if cut else "completed"
-        r.incomplete_details = IncompleteDetails("max_output_tokens") if cut else None
-        stats = job.stats
-        r.usage = Usage(
-            input_tokens=stats.num_tokens,
-            input_tokens_details=InputTokensDetails(stats.num_cached_tokens),
-            output_tokens=done.num_generated_tokens,
-            output_tokens_details=OutputTokensDetails(self.reasoning_tokens),
-            total_tokens=stats.num_tokens + done.num_generated_tokens,
-        )
-        return out + self._event(f"response.{r.status}", response=r)
-
-    def fail(self, message: str, code: str = "server_error") -> list[SseEvent]:
-        self.response.status = "failed"
-        self.response.error = ResponseError(code, message)
-        return self._event("response.failed", response=self.response)
-
-
-def _custom_input(arguments: str) -> str:
-    """A free-form tool's raw input from the arguments the parser made of it."""
-    try:
-        value = msgspec.json.decode(arguments or "{}")
-    except msgspec.DecodeError:
-        return arguments
-    return value.get(CUSTOM_INPUT, "") if isinstance(value, dict) and isinstance(value.get(CUSTOM_INPUT), str) else ""
 
 
 # -- the end of a response: seal, store --------------------------------------------------------
@@ -424,7 +221,7 @@ class _Finisher:
 
 
 async def _events(
-    job: Job, plan: Plan, builder: _Builder, finish: _Finisher, keepalive: float | None
+    job: Job, plan: Plan, builder: EventBuilder, finish: _Finisher, keepalive: float | None
 ) -> AsyncIterator[tuple[list[SseEvent], Done | Failed | None]]:
     """(encoded events, the outcome once known) per output event; stores the response at the end."""
     recorder = finish.recorder
@@ -444,7 +241,7 @@ async def _events(
 
 
 async def _stream(
-    request: web.Request, job: Job, plan: Plan, keepalive: float, builder: _Builder, finish: _Finisher
+    request: web.Request, job: Job, plan: Plan, keepalive: float, builder: EventBuilder, finish: _Finisher
 ) -> web.StreamResponse:
     response = await sse.open_stream(request)
     outcome: Done | Failed | str = "disconnected"
@@ -464,7 +261,7 @@ async def _stream(
     return response
 
 
-async def _collect(job: Job, plan: Plan, builder: _Builder, finish: _Finisher) -> web.Response:
+async def _collect(job: Job, plan: Plan, builder: EventBuilder, finish: _Finisher) -> web.Response:
     outcome: Done | Failed | str = "disconnected"
     try:
         async for _, ended in _events(job, plan, builder, finish, None):
@@ -486,6 +283,6 @@ async def _send(response: web.StreamResponse, events: list[SseEvent]) -> None:
 
 async def _fail_stream(request: web.Request, shell: ResponseOut, code: str, message: str) -> web.StreamResponse:
     response = await sse.open_stream(request)
-    builder = _Builder(shell, Tools(), thinking=False, stream=True, sealed=False)
+    builder = EventBuilder(shell, Tools(), thinking=False, stream=True, sealed=False)
     await _send(response, builder.start() + builder.fail(message, code))
     return response
