@@ -3,10 +3,13 @@ agentd/responses_store.py (bounded, persistent stored responses)."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import secrets
 import stat
 
+from agentd import serve_cli
+from agentd.config import ServeConfig
 from agentd.responses_store import ResponseStore
 from agentd.turn_seal import KEY_FILENAME, TurnSealer, digest
 
@@ -61,3 +64,12 @@ def test_the_store_evicts_the_oldest_beyond_its_budget(tmp_path):
     assert not store.put("resp_big", b"{}", [{"content": secrets.token_hex(4000)}])  # alone over budget
     reopened = ResponseStore(tmp_path / "r.sqlite3", 4000)
     assert reopened.num_bytes == store.num_bytes and len(reopened) == len(kept)
+
+
+def test_the_budget_flag():
+    parser = argparse.ArgumentParser(prog="agentd")
+    serve_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--responses-max-mb", "7"])
+    assert serve_cli.config_from_args(args).responses_max_mb == 7
+    assert ServeConfig().responses_max_mb == 256
+    assert serve_cli.run(parser.parse_args(["serve", "--responses-max-mb", "-1"])) == 2
