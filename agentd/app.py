@@ -8,7 +8,7 @@ from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
-from agentd.api import admin, anthropic, openai
+from agentd.api import admin, anthropic, openai, responses
 from agentd.api.common import CONFIG, RUNNER, TURNS
 from agentd.config import ServeConfig
 from agentd.errors import ApiError, Handler, error_middleware
@@ -31,6 +31,10 @@ ROUTES = [
     web.post("/completions", openai.completions),
     web.post("/v1/messages", anthropic.messages),
     web.post("/v1/messages/count_tokens", anthropic.count_tokens),
+    web.post("/v1/responses", responses.create_response),
+    web.post("/responses", responses.create_response),
+    web.get("/v1/responses/{response_id}", responses.get_response),
+    web.delete("/v1/responses/{response_id}", responses.delete_response),
     web.post("/tokenize", admin.tokenize),
     web.post("/detokenize", admin.detokenize),
     web.post("/apply-template", admin.apply_template),
@@ -48,6 +52,7 @@ def make_app(config: ServeConfig, runner: Runner) -> web.Application:
     app[RUNNER] = runner
     app[TURNS] = GeneratedTurns()  # replies as generated, for re-sent history (agentd.history)
     app.add_routes(ROUTES)
+    responses.setup(app, config)
     app.cleanup_ctx.append(_run_runner)
     app.on_shutdown.append(_end_requests)
     return app

@@ -28,6 +28,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     backend: str = "auto"  # "cpu" (compiled, weights as stored), "numpy" (float32 reference), "auto": cpu if built
     threads: int | None = None  # compute threads; None: the physical cores
     parse_special_in_content: bool = False  # let request text such as "<|im_end|>" become control tokens
+    responses_max_mb: int = 256  # stored Responses (SQLite, beside the session cache); 0: store none
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_active", "prefill_chunk", "default_max_tokens", "max_body_bytes",
@@ -36,7 +37,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_ctx is not None and self.n_ctx < 2:
             raise ValueError(f"n_ctx must be at least 2, got {self.n_ctx}")
-        if self.cache_ram_mb < 0 or self.cache_disk_mb < 0:
+        if self.cache_ram_mb < 0 or self.cache_disk_mb < 0 or self.responses_max_mb < 0:
             raise ValueError("cache budgets must not be negative")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")

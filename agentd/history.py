@@ -102,7 +102,7 @@ class GeneratedTurns:
         """Remember `reply` (as returned to the client) to `context` (the request's messages) as
         generated with `body_ids`; False when it cannot be keyed or is larger than the memo."""
         digest = _context_digests(context, len(context))[-1]
-        key = _reply_key(reply)
+        key = reply_key(reply)
         parts = _reply_parts(reply)
         if digest is None or key is None or parts is None or not 0 < len(body_ids) <= self.max_tokens:
             return False
@@ -125,7 +125,7 @@ class GeneratedTurns:
         digests = _context_digests(messages, wanted[-1])
         found: dict[int, list[int]] = {}
         for i in wanted:
-            key, parts = _reply_key(messages[i]), _reply_parts(messages[i])
+            key, parts = reply_key(messages[i]), _reply_parts(messages[i])
             if digests[i] is None or key is None or parts is None:
                 continue
             turn = self._match((digests[i], key), parts[0])
@@ -237,7 +237,7 @@ def _canonical_arguments(arguments: Any) -> str | None:
     return json.dumps(arguments, **_JSON) if isinstance(arguments, dict) else None
 
 
-def _reply_key(message: dict[str, Any]) -> str | None:
+def reply_key(message: dict[str, Any]) -> str | None:
     """What identifies a reply as returned: content and tool calls with their ids."""
     parts, calls = _reply_parts(message), _tool_calls(message, with_ids=True)
     if message.get("role") != "assistant" or parts is None or calls is None:

@@ -20,7 +20,7 @@ from agentd.output import TextPipeline
 from agentd.runner import GenerationRequest
 from engine.chat_template import RenderedPrompt
 from engine.sampling import Sampler, SamplingParams
-from tools.grammar import json_schema_grammar, tool_call_grammar
+from tools.grammar import TextGrammar, json_schema_grammar, tool_call_grammar
 from tools.hermes import HermesParser
 from tools.qwen_xml import QwenXmlParser
 
@@ -65,6 +65,9 @@ class ChatInput:
     max_tokens: int | None = None
     stops: list[str] = field(default_factory=list)
     num_top_logprobs: int | None = None
+    turn_ids: dict[int, list[int]] = field(default_factory=dict)  # assistant messages' ids the request carries
+    # (function, text parameter) -> the grammar its value follows (Responses' free-form tools)
+    tool_grammars: dict[tuple[str, str], TextGrammar] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,11 +113,13 @@ def chat_prompt(
     `literal_content` is off (--parse-special-in-content). Assistant messages that `turns`
     remembers are put back as the ids they were generated as: those the template renders with
     their reasoning (after the last user query), and with `preserve_thinking` (the serve default,
-    or the request's chat_template_kwargs.preserve_thinking) the earlier ones too. Anything that
-    cannot be spliced exactly is rendered by the template alone."""
+    or the request's chat_template_kwargs.preserve_thinking) the earlier ones too; those in
+    `chat.turn_ids` (ids the request itself carried back, verified) always. Anything that cannot
+    be spliced exactly is rendered by the template alone."""
     preserve = _preserve_thinking(chat, preserve_thinking)
     rendered = render_chat(loaded, chat, literal_content)
     bodies = _remembered_bodies(chat.messages, turns, preserve, literal_content) if turns is not None else {}
+    bodies.update(chat.turn_ids)
     spliced = _splice(loaded, chat, rendered.text, bodies, literal_content) if bodies else None
     return spliced or Prompt(rendered.text, loaded.model.tokenizer.encode(rendered.text, rendered.literal))
 
@@ -278,12 +283,15 @@ def _constraint(loaded: LoadedModel, chat: ChatInput, mode: ToolMode) -> Any:
     try:
         if mode in ("required", "named"):
             grammar = tool_call_grammar(
-                chat.tools, mode, name=choice.name, parallel=choice.parallel, fmt=loaded.tool_format
-            )
+                chat.tools, mode, name=choice.name, parallel=choice.parallel, fmt=loaded.tool_format,
+                text_grammars=chat.tool_grammars,
+            )  # fmt: skip
         elif chat.json_output:
             grammar = json_schema_grammar(chat.json_schema)
         elif mode == "auto":
-            grammar = tool_call_grammar(chat.tools, "auto", parallel=choice.parallel, fmt=loaded.tool_format)
+            grammar = tool_call_grammar(
+                chat.tools, "auto", parallel=choice.parallel, fmt=loaded.tool_format, text_grammars=chat.tool_grammars
+            )
         else:
             return None
         return loaded.grammars.matcher(grammar)

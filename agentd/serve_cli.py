@@ -56,6 +56,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--no-cache", action="store_true", help="disable the session cache")
     p.add_argument(
+        "--responses-max-mb", type=int, default=defaults.responses_max_mb, metavar="MB",
+        help="disk budget of stored Responses (store: true; previous_response_id), oldest evicted first; "
+        "0 stores none (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
         "--preserve-thinking", action="store_true",
         help="keep the reasoning this server generated in assistant turns before the last user message "
         "(the chat template drops it), so a new user message does not invalidate the cached tool loop "
@@ -104,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         backend=args.backend,
         threads=args.threads,
         parse_special_in_content=args.parse_special_in_content,
+        responses_max_mb=args.responses_max_mb,
     )
 
 

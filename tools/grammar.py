@@ -42,6 +42,7 @@ import llguidance
 
 from tools.schema import ANNOTATIONS, ToolSchemas, name_and_parameters, resolve_local_ref
 
+TextGrammar = tuple[str, str]  # syntax ("lark" | "regex"), definition
 DEFAULT_MAX_STRING_CHARS = 32768
 MAX_PARALLEL_CALLS = 8
 MAX_UNDECLARED_PARAMETERS = 16  # for functions whose schema declares no properties
@@ -78,6 +79,7 @@ def tool_call_grammar(
     parallel: bool = True,
     fmt: Literal["qwen_xml", "hermes"] = "qwen_xml",
     max_string_chars: int | None = DEFAULT_MAX_STRING_CHARS,
+    text_grammars: dict[tuple[str, str], TextGrammar] | None = None,
 ) -> str:
     """Grammar for tool_choice.
 
@@ -85,6 +87,9 @@ def tool_call_grammar(
     named: the same, calling only function `name`.
     auto: free text, optionally after reasoning closed by </think>; once the model emits the
     <tool_call> token the calls are enforced and nothing may follow them.
+    text_grammars: (function, text parameter) -> the grammar its raw value follows (Responses'
+    free-form tools; Qwen XML only). A Lark one is a nested grammar, which makes the result
+    llguidance's JSON form instead of Lark text.
     """
     _check_cap(max_string_chars)
     functions = _declared_functions(tools)
@@ -97,7 +102,7 @@ def tool_call_grammar(
     elif name is not None:
         raise ValueError("a function name is only used with mode='named'")
     if fmt == "qwen_xml":
-        writer: _QwenXmlRules | _HermesRules = _QwenXmlRules(ToolSchemas(tools), max_string_chars)
+        writer: _QwenXmlRules | _HermesRules = _QwenXmlRules(ToolSchemas(tools), max_string_chars, text_grammars)
     elif fmt == "hermes":
         writer = _HermesRules(max_string_chars)
     else:
@@ -112,7 +117,12 @@ def tool_call_grammar(
         r"TEXT: /(?s:.*)/",
         *writer.rules,
     ]
-    return "\n".join(lines) + "\n"
+    grammar = "\n".join(lines) + "\n"
+    nested = getattr(writer, "nested", {})
+    if not nested:
+        return grammar
+    named = [{"name": name, "lark_grammar": definition} for name, definition in nested.items()]
+    return json.dumps({"grammars": [{"lark_grammar": grammar}, *named]})
 
 
 class _HermesRules:
@@ -146,9 +156,13 @@ class _QwenXmlRules:
     text cannot contain `</parameter>`, the terminal ends exactly at the first closing tag.
     """
 
-    def __init__(self, schemas: ToolSchemas, max_string_chars: int | None) -> None:
+    def __init__(
+        self, schemas: ToolSchemas, max_string_chars: int | None, text_grammars: dict | None = None
+    ) -> None:
         self._schemas = schemas
         self._max_chars = max_string_chars
+        self._text_grammars: dict[tuple[str, str], TextGrammar] = text_grammars or {}
+        self.nested: dict[str, str] = {}  # name -> Lark text of the nested grammars `@name` refers to
         self.rules = [
             f"PARAM_END: {_literal(PARAMETER_END)}",
             f"RAW_TEXT: /{_text_without(PARAMETER_CLOSE, max_string_chars)}/",
@@ -186,6 +200,9 @@ class _QwenXmlRules:
             value = _json_value(_with_definitions(schema, params), _JSON_OPTIONS, self._max_chars, where)
             self.rules.append(f"{rule}_json: {value}")
             return f"{rule}_json PARAM_END"
+        custom = self._text_grammars.get((function, param))
+        if custom is not None:
+            return self._custom_value(rule, custom)
         schema = _raw_text_schema(schema, params, where)
         choices = schema.get("enum", [schema["const"]] if "const" in schema else None)
         if isinstance(choices, list):
@@ -203,6 +220,19 @@ class _QwenXmlRules:
             self.rules.append(f"{terminal}: {terminal}_TEXT PARAM_END")
             return terminal
         return "RAW"
+
+    def _custom_value(self, rule: str, grammar: TextGrammar) -> str:
+        syntax, definition = grammar
+        if syntax == "lark":
+            self.nested[f"{rule}_grammar"] = definition
+            return f"@{rule}_grammar PARAM_END"
+        if syntax != "regex":
+            raise ValueError(f"a text grammar's syntax is 'lark' or 'regex', not {syntax!r}")
+        terminal = rule.upper()
+        without_close = _text_without(PARAMETER_CLOSE, None)
+        self.rules.append(f"{terminal}_TEXT: /(?:{definition})/ & /{without_close}/")
+        self.rules.append(f"{terminal}: {terminal}_TEXT PARAM_END")
+        return terminal
 
 
 def _raw_text_schema(schema: dict, root: dict, where: str) -> dict:

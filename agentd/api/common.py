@@ -116,15 +116,21 @@ class TurnRecorder:
     the ids go on past what the client got."""
 
     def __init__(
-        self, turns: GeneratedTurns, tokenizer: Any, chat: ChatInput, job: Job, call_id: Callable[[str], str] = str
+        self,
+        turns: GeneratedTurns | None,
+        tokenizer: Any,
+        chat: ChatInput,
+        job: Job,
+        call_id: Callable[[str], str] = str,
     ):
-        self._turns = turns
+        self._turns = turns  # None: only find `body_ids` (the client gets them back another way)
         self._tokenizer = tokenizer
         self._chat = chat
         self._job = job
         self._call_id = call_id  # the id the client saw for a parsed call's id
         self._ids: list[int] = []
         self._parsed: list[ParsedEvent] = []
+        self.body_ids: list[int] | None = None  # the turn's ids after its opening, once recorded
 
     def observe(self, event: OutputEvent) -> None:
         if isinstance(event, Token):
@@ -155,4 +161,6 @@ class TurnRecorder:
             for c in turn.tool_calls
         ]
         reply = {"role": "assistant", "content": turn.content, "reasoning_content": turn.reasoning, "tool_calls": calls}
-        self._turns.record(self._chat.messages, reply, prefix + self._ids)
+        self.body_ids = prefix + self._ids
+        if self._turns is not None:
+            self._turns.record(self._chat.messages, reply, self.body_ids)

@@ -332,6 +332,35 @@ def test_text_parameters_honour_their_length_bounds(compiler, encoding):
     assert not accepts(compiler, encoding, grammar, xml_call("mark", at=at, label="abcdef"))
 
 
+PATCH = [{"type": "function", "function": {"name": "apply_patch", "parameters": {
+    "type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]}}}]  # fmt: skip
+PATCH_LARK = 'start: "*** Begin\\n" line{1,3} "*** End"\nline: /[+-]/ WORD "\\n"\nWORD: /[a-z ]{1,12}/\n'
+
+
+@pytest.mark.parametrize("mode", ["named", "auto"])
+def test_a_text_parameter_can_follow_a_lark_grammar(compiler, encoding, mode):
+    grammar = tool_call_grammar(PATCH, mode, name="apply_patch" if mode == "named" else None,
+                                text_grammars={("apply_patch", "input"): ("lark", PATCH_LARK)})  # fmt: skip
+    assert json.loads(grammar)["grammars"][1]["lark_grammar"] == PATCH_LARK  # nested, as given
+    assert accepts(compiler, encoding, grammar, xml_call("apply_patch", input="*** Begin\n+add it\n-drop\n*** End"))
+    assert not accepts(compiler, encoding, grammar, xml_call("apply_patch", input="*** Begin\n*** End"))
+    assert not accepts(compiler, encoding, grammar, xml_call("apply_patch", input="+add it"))
+    if mode == "named":
+        for seed in range(3):
+            text = generate(compiler, encoding, grammar, seed)
+            value = PARAMETER.search(text).group(2)
+            assert re.fullmatch(r"\*\*\* Begin\n(?:[+-][a-z ]{1,12}\n){1,3}\*\*\* End", value), value
+
+
+def test_a_text_parameter_can_follow_a_regex(compiler, encoding):
+    grammar = tool_call_grammar(PATCH, "required", text_grammars={("apply_patch", "input"): ("regex", r"[0-9]{2,3}")})
+    assert accepts(compiler, encoding, grammar, xml_call("apply_patch", input="123"))
+    assert not accepts(compiler, encoding, grammar, xml_call("apply_patch", input="1234"))
+    assert not accepts(compiler, encoding, grammar, xml_call("apply_patch", input="ab"))
+    with pytest.raises(ValueError, match="syntax"):
+        tool_call_grammar(PATCH, "required", text_grammars={("apply_patch", "input"): ("ebnf", "x")})
+
+
 def test_raw_text_regex_refuses_exactly_the_texts_containing_the_word():
     # Every short text for a short word; random near misses for the real one.
     short = ("".join(chars) for n in range(8) for chars in itertools.product("</x>a", repeat=n))
