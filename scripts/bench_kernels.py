@@ -13,6 +13,7 @@ shared and noisy. Large matrices repeat one quantized tile of rows: the bytes re
 same as for distinct rows.
 
     python scripts/bench_kernels.py [--repeat 10] [--threads 1,2] [--types Q4_K,Q8_0] [--quick]
+                                    [--cpu-time]
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ TILE_ROWS = 4096  # distinct rows quantized; bigger matrices repeat them
 DEQUANT_TILE_BYTES = 4 << 20  # float32 tile fed to BLAS by the dequant + GEMM variant
 
 
+CLOCK = time.perf_counter  # --cpu-time: time.process_time, steadier on a busy machine (1 thread)
+
+
 def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """Best wall time of `repeat` runs (after one warm-up) and the spread median / best - 1."""
+    """Best time of `repeat` runs (after one warm-up) and the spread median / best - 1."""
     fn()
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     best = min(times)
     return best, statistics.median(times) / best - 1
 
@@ -136,7 +140,13 @@ def main() -> None:
     parser.add_argument("--types", default=None, help="comma-separated GGML type names (default: all)")
     parser.add_argument("--prompt-types", default="Q4_K,Q6_K,Q8_0", help="types for the T=512 table")
     parser.add_argument("--quick", action="store_true", help="skip the vocab-sized matrix and bandwidth")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time by process CPU time (meaningful with --threads 1): other processes' "
+                             "use of the cores then does not count")
     args = parser.parse_args()
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
     threads = [int(n) for n in args.threads.split(",")]
     supported = [QT(t) for t in _cpu.supported_types()]
     types = [QT[name] for name in args.types.split(",")] if args.types else supported
