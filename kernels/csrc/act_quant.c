@@ -4,6 +4,7 @@
  * kernels apply weight offsets (Q4_0's -8, Q4_K's mins) once per block instead of per value. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "act_quant.h"
 
@@ -41,10 +42,19 @@ void acts_free(acts *a) {
     free(a);
 }
 
-/* one block of n values: returns the scale, writes the codes */
+/* one block of n values: returns the scale, writes the codes. A NaN or infinity in the block
+ * makes the scale NaN, so it reaches the output as in float arithmetic. */
 static float quantize_block(const float *x, int8_t *q, int n) {
     float amax = 0.0f;
-    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    int finite = 1;
+    for (int i = 0; i < n; i++) {
+        amax = fmaxf(amax, fabsf(x[i]));
+        finite &= isfinite(x[i]);
+    }
+    if (!finite) {
+        memset(q, 0, (size_t)n);
+        return NAN;
+    }
     float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
     for (int i = 0; i < n; i++) q[i] = (int8_t)lrintf(x[i] * id);
     return d;

@@ -106,46 +106,71 @@ ALWAYS void decode32(const int QT, const uint8_t *b, __m256i *u, __m256i *sg, fl
 
 #define SIGNED32(QT) ((QT) == QT_Q8_0 || (QT) == QT_IQ4_NL)
 
-/* Blocks go in pairs: the two scaled products are summed before touching the accumulator, so
- * the loop-carried chain is one add per pair; the min terms (unsigned types) likewise. */
+/* 8 fp16 fields `stride` bytes apart -> 8 floats */
+ALWAYS __m256 halves8(const uint8_t *p, int stride) {
+    return _mm256_cvtph_ps(_mm_setr_epi16((short)rd_u16(p), (short)rd_u16(p + stride), (short)rd_u16(p + 2 * stride),
+                                          (short)rd_u16(p + 3 * stride), (short)rd_u16(p + 4 * stride),
+                                          (short)rd_u16(p + 5 * stride), (short)rd_u16(p + 6 * stride),
+                                          (short)rd_u16(p + 7 * stride)));
+}
+
+ALWAYS __m256 lane(__m256 v, int j) { return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j)); }
+
+/* The scales of 8 blocks times the 8 activation scales are one vector multiply per row t; each
+ * block then broadcasts its lane. The per-block additive terms (min types) are one vector FMA
+ * of the 8 block mins with the activation block sums. Blocks go in pairs: the two scaled
+ * products are summed before touching the accumulator, so the loop-carried chain is one add
+ * per pair. A tail of fewer than 8 blocks uses scalar scales. */
 ALWAYS void row32(const int QT, const int type_size, const uint8_t *row, const acts *a, int t0,
                   const int NT, float *res) {
     ACT_ROWS(32)
     __m256 acc[MAX_NT];
     float accm[MAX_NT];
+    const float *xs[MAX_NT];
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm256_setzero_ps();
         accm[t] = 0.0f;
+        xs[t] = a->s + (size_t)(t0 + t) * nb;
     }
-    const float *xs[MAX_NT];
-    for (int t = 0; t < NT; t++) xs[t] = a->s + (size_t)(t0 + t) * nb;
+    const int has_min = !SIGNED32(QT);
     int b = 0;
-    for (; b + 1 < nb; b += 2) {
-        __m256i u0, u1, s0 = _mm256_setzero_si256(), s1 = s0;
-        float d0, d1, m0, m1;
-        decode32(QT, row + (size_t)b * type_size, &u0, &s0, &d0, &m0);
-        decode32(QT, row + (size_t)(b + 1) * type_size, &u1, &s1, &d1, &m1);
+    for (; b + 8 <= nb; b += 8) {
+        const uint8_t *blk = row + (size_t)b * type_size;
+        __m256 dv = halves8(blk, type_size), mv = _mm256_setzero_ps();
+        if (QT == QT_Q4_1 || QT == QT_Q5_1) mv = halves8(blk + 2, type_size);
+        if (QT == QT_Q4_0) mv = _mm256_mul_ps(dv, _mm256_set1_ps(-8.0f));
+        if (QT == QT_Q5_0) mv = _mm256_mul_ps(dv, _mm256_set1_ps(-16.0f));
+        __m256 sv[MAX_NT];
         for (int t = 0; t < NT; t++) {
-            __m256i x0 = load32(xq[t] + 32 * b), x1 = load32(xq[t] + 32 * b + 32);
-            if (SIGNED32(QT)) {
-                x0 = _mm256_sign_epi8(x0, s0);
-                x1 = _mm256_sign_epi8(x1, s1);
+            sv[t] = _mm256_mul_ps(dv, _mm256_loadu_ps(xd[t] + b));
+            if (has_min) acc[t] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xs[t] + b), acc[t]);
+        }
+        for (int j = 0; j < 8; j += 2) {
+            __m256i u0, u1, s0 = _mm256_setzero_si256(), s1 = s0;
+            float unused_d, unused_m;
+            decode32(QT, blk + (size_t)j * type_size, &u0, &s0, &unused_d, &unused_m);
+            decode32(QT, blk + (size_t)(j + 1) * type_size, &u1, &s1, &unused_d, &unused_m);
+            for (int t = 0; t < NT; t++) {
+                __m256i x0 = load32(xq[t] + 32 * (b + j)), x1 = load32(xq[t] + 32 * (b + j + 1));
+                if (!has_min) {
+                    x0 = _mm256_sign_epi8(x0, s0);
+                    x1 = _mm256_sign_epi8(x1, s1);
+                }
+                __m256 f = _mm256_mul_ps(lane(sv[t], j), _mm256_cvtepi32_ps(dot_i32(u0, x0)));
+                f = _mm256_fmadd_ps(lane(sv[t], j + 1), _mm256_cvtepi32_ps(dot_i32(u1, x1)), f);
+                acc[t] = _mm256_add_ps(acc[t], f);
             }
-            __m256 f = _mm256_mul_ps(_mm256_set1_ps(d0 * xd[t][b]), _mm256_cvtepi32_ps(dot_i32(u0, x0)));
-            f = _mm256_fmadd_ps(_mm256_set1_ps(d1 * xd[t][b + 1]), _mm256_cvtepi32_ps(dot_i32(u1, x1)), f);
-            acc[t] = _mm256_add_ps(acc[t], f);
-            if (!SIGNED32(QT)) accm[t] += m0 * xs[t][b] + m1 * xs[t][b + 1];
         }
     }
-    if (b < nb) {
+    for (; b < nb; b++) {
         __m256i u0, s0 = _mm256_setzero_si256();
         float d0, m0;
         decode32(QT, row + (size_t)b * type_size, &u0, &s0, &d0, &m0);
         for (int t = 0; t < NT; t++) {
             __m256i x0 = load32(xq[t] + 32 * b);
-            if (SIGNED32(QT)) x0 = _mm256_sign_epi8(x0, s0);
+            if (!has_min) x0 = _mm256_sign_epi8(x0, s0);
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * xd[t][b]), _mm256_cvtepi32_ps(dot_i32(u0, x0)), acc[t]);
-            if (!SIGNED32(QT)) accm[t] += m0 * xs[t][b];
+            if (has_min) accm[t] += m0 * xs[t][b];
         }
     }
     for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]) + accm[t];

@@ -44,6 +44,18 @@ static long now_ns(void) {
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
+/* a condition wait on `mu` bounded to 1 ms: a wake-up lost to a bug costs a millisecond, not a hang */
+static void timed_wait(pthread_cond_t *cv) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(cv, &mu, &ts);
+}
+
 static unsigned wait_generation(unsigned seen) {
     long deadline = now_ns() + SPIN_NS;
     for (int i = 0;; i++) {
@@ -141,7 +153,7 @@ void pool_run(pool_task task, void *arg, int n) {
     for (int i = 0; atomic_load(&entry) & INSIDE; i++) {
         if ((i & 255) == 255 && now_ns() > deadline) {
             pthread_mutex_lock(&mu);
-            while (atomic_load(&entry) & INSIDE) pthread_cond_wait(&done_cv, &mu);
+            while (atomic_load(&entry) & INSIDE) timed_wait(&done_cv);
             pthread_mutex_unlock(&mu);
             break;
         }

@@ -224,6 +224,18 @@ def test_a_one_dimensional_x_is_one_row():
     assert np.array_equal(out, out2[0])
 
 
+@pytest.mark.parametrize("qtype", [QT.Q8_0, QT.Q4_K, QT.F16], ids=lambda t: t.name)
+def test_non_finite_activations_reach_the_output(isa, qtype):
+    rng = np.random.default_rng(10)
+    w = random_weights(rng, qtype, 6, 256, raw=False)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    x[0, 17], x[2, 200] = np.nan, np.inf
+    out = np.empty((3, 6), np.float32)
+    cpu.qmatmul(w, int(qtype), 6, 256, x, out)
+    assert not np.isfinite(out[0]).any() and not np.isfinite(out[2]).any()
+    assert np.isfinite(out[1]).all()
+
+
 # ----------------------------------------------------------------------------- variants and pool
 
 def test_isa_can_be_lowered_but_not_raised_or_misnamed():
