@@ -190,8 +190,11 @@ def _usage(job: Job, done: Done) -> Usage:
     )
 
 
-def _error_event(message: str) -> bytes:
-    return ApiError(500, message, type="server_error").body()
+async def _send_error(response: web.StreamResponse, message: str) -> None:
+    """An error event, then `[DONE]`: clients that read until `[DONE]` (as OpenAI-compatible
+    servers end every stream) stop there instead of waiting for the connection to close."""
+    await sse.send_event(response, ApiError(500, message, type="server_error").body())
+    await sse.send_done(response)
 
 
 class _Chunks(Protocol):
@@ -224,7 +227,7 @@ async def _stream(
                 await sse.send_keepalive(response)
             elif isinstance(event, Failed):
                 outcome = event
-                await sse.send_event(response, _error_event(event.message))
+                await _send_error(response, event.message)
             else:
                 if recorder is not None:  # before the last chunk: the client may send the next turn at once
                     recorder.observe(event)
@@ -238,7 +241,7 @@ async def _stream(
     except Exception as exc:  # after the headers went out, an error can only be an event
         outcome = "error"
         log.exception("request %s failed while streaming", job.request.request_id)
-        await sse.send_event(response, _error_event(f"generation failed: {type(exc).__name__}: {exc}"))
+        await _send_error(response, f"generation failed: {type(exc).__name__}: {exc}")
     finally:
         log_request(endpoint, job.request.request_id, job, outcome)
     return response
