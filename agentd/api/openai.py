@@ -108,13 +108,18 @@ async def _plan(build: Callable[[], Plan], param: str) -> Plan:
     try:
         return await make_plan(build)
     except ContextOverflow as exc:
-        raise invalid_request(
-            f"This model's maximum context length is {exc.n_ctx} tokens. However, your request has "
-            f"{exc.num_tokens} prompt tokens, which leaves no room for output. "
-            f"Please reduce the length of the {param}.",
-            param=param,
-            code="context_length_exceeded",
-        ) from exc
+        raise context_length_error(exc, param) from exc
+
+
+def context_length_error(exc: ContextOverflow, param: str) -> ApiError:
+    """OpenAI's wording, which clients match to trim their history."""
+    return invalid_request(
+        f"This model's maximum context length is {exc.n_ctx} tokens. However, your request has "
+        f"{'at least ' if exc.at_least else ''}{exc.num_tokens} prompt tokens, which leaves no room for output. "
+        f"Please reduce the length of the {param}.",
+        param=param,
+        code="context_length_exceeded",
+    )
 
 
 def _include_usage(options: StreamOptions | None) -> bool:
