@@ -177,8 +177,8 @@ class _QwenXmlRules:
                 raise ValueError(f"function {function}: text parameter {param} allows no string value")
             return "(" + " | ".join(_literal(text) for text in texts) + ") PARAM_END"
         if "minLength" in schema or "maxLength" in schema:
-            high = schema.get("maxLength", self._max_chars)
-            length = f"{{{int(schema.get('minLength', 0))},{'' if high is None else int(high)}}}"
+            high = _length(schema, "maxLength", self._max_chars)
+            length = f"{{{_length(schema, 'minLength', 0)},{'' if high is None else high}}}"
             terminal = rule.upper()
             self.rules.append(f"{terminal}_TEXT: /(?s:.{length})/ & /{_text_without(PARAMETER_CLOSE, None)}/")
             self.rules.append(f"{terminal}: {terminal}_TEXT PARAM_END")
@@ -213,6 +213,16 @@ def _required(params: dict) -> list:
     return required if isinstance(required, list) else []
 
 
+def _length(schema: dict, key: str, default: int | None) -> int | None:
+    """A string schema's minLength or maxLength, which must be a non-negative integer."""
+    value = schema.get(key, default)
+    if value is None or isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
+
+
 def _json_value(schema: dict, options: dict, max_chars: int | None) -> str:
     """Inline `%json` of `schema` with our compile options (replacing any the schema carries)."""
     capped = {**_cap_strings(schema, max_chars), "x-guidance": options}
@@ -227,7 +237,7 @@ def _cap_strings(schema: Any, max_chars: int | None) -> Any:
     kind = capped.get("type")
     is_string = kind == "string" or isinstance(kind, list) and "string" in kind
     if is_string and not {"maxLength", "enum", "const"} & capped.keys():
-        capped["maxLength"] = max(max_chars, int(capped.get("minLength", 0)))
+        capped["maxLength"] = max(max_chars, _length(capped, "minLength", 0))
     for key in _SUBSCHEMA_MAPS:
         if isinstance(capped.get(key), dict):
             capped[key] = {k: _cap_strings(v, max_chars) for k, v in capped[key].items()}

@@ -346,3 +346,21 @@ def _status(live: LiveServer) -> int | None:
         return live.request("GET", "/v1/models")[0]
     except OSError:  # refused before the request was read
         return None
+
+
+# -- found by the fuzz test ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [[1], {"a": 1}, "5", 1e400, -1, 2.5, True])
+def test_a_string_length_that_is_not_a_count_is_400(server, length):
+    """maxLength [1] in a tool parameter was int([1]) in the grammar writer: 500."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": "LENGTH"}}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    body = json.dumps({**CHAT, "tools": [tool], "tool_choice": "required"})
+    literal = "1e400" if length == 1e400 else json.dumps(length)
+    error = assert_error(*server.request("POST", "/v1/chat/completions", body.replace('"LENGTH"', literal).encode())[::2], 400)
+    assert error["param"].startswith("tools")
+    anthropic_tool = {"name": "f", "input_schema": {**schema, "properties": {"city": {"type": "string", "minLength": "LENGTH"}}}}
+    body = json.dumps({**MESSAGES, "tools": [anthropic_tool], "tool_choice": {"type": "any"}})
+    status, _, reply = server.request("POST", "/v1/messages", body.replace('"LENGTH"', literal).encode())
+    anthropic_error(status, reply, 400, "invalid_request_error")
