@@ -196,6 +196,8 @@ def _declared_functions(tools: list[dict]) -> dict[str, dict]:
             raise ValueError(f"function {name!r} is declared twice")
         if params.get("type", "object") != "object":
             raise ValueError(f"function {name}: parameters must be an object schema, not {params['type']!r}")
+        if not all(isinstance(param, str) for param in _required(params)):
+            raise ValueError(f"function {name}: required must list parameter names, got {params['required']!r}")
         missing = [param for param in _required(params) if param not in _properties(params)]
         if missing:
             raise ValueError(f"function {name}: required parameters {missing} are not in its properties")

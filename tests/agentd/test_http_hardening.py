@@ -364,3 +364,16 @@ def test_a_string_length_that_is_not_a_count_is_400(server, length):
     body = json.dumps({**MESSAGES, "tools": [anthropic_tool], "tool_choice": {"type": "any"}})
     status, _, reply = server.request("POST", "/v1/messages", body.replace('"LENGTH"', literal).encode())
     anthropic_error(status, reply, 400, "invalid_request_error")
+
+
+@pytest.mark.parametrize("required", [[{"a": 1}], [["city"]], ["city", 3]])
+def test_required_parameters_that_are_not_names_are_400(server, required):
+    """An object in a tool's `required` list was looked up in its properties: unhashable, 500."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": required}
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    for choice in ("auto", "required"):
+        body = {**CHAT, "tools": [tool], "tool_choice": choice}
+        error = assert_error(*server.request("POST", "/v1/chat/completions", body)[::2], 400)
+        assert error["param"] == "tools" and "required" in error["message"]
+    status, _, reply = server.request("POST", "/v1/messages", {**MESSAGES, "tools": [{"name": "f", "input_schema": schema}]})
+    assert "required" in anthropic_error(status, reply, 400, "invalid_request_error")
