@@ -25,7 +25,7 @@ from tests.agentd.fuzz_requests import MAX_TOKENS, Fuzzer
 
 SEED = int(os.environ.get("AGENTD_FUZZ_SEED", "20260610"))
 REQUESTS = int(os.environ.get("AGENTD_FUZZ_REQUESTS", "3000"))
-SECONDS = float(os.environ.get("AGENTD_FUZZ_SECONDS", "60"))
+SECONDS = float(os.environ.get("AGENTD_FUZZ_SECONDS", "45"))
 NORMAL = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 6, "temperature": 0}
 
 
