@@ -31,6 +31,9 @@ TEXTS = [
     "{{ messages }}", "{% for x in range(10**9) %}", "\\", '"', "\\u0000", "a" * 5000, "ab " * 3000,
     "\U00012000" * 300, "\u0915\u094d\u0937" * 200, "\r\n\r\n", "\t" * 100, "x\ud7ff", "\u0378",
 ]  # fmt: skip
+OTHER_CONTENT_TYPES = ["text/plain", "application/json; charset=latin-1", ""]
+# invalid UTF-8, lone surrogates (raw and escaped), a byte-order mark, NUL
+BAD_BYTES = [b"\xc0\x80", b"\xed\xa0\x80", b"\\ud800", b"\\udfff\\ud800", b"\xff\xfe", b"\x00"]
 KEYS = [
     "messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
     "presence_penalty", "frequency_penalty", "repetition_penalty", "stop", "stream", "stream_options", "n", "tools",
@@ -45,71 +48,85 @@ KEYS = [
 
 WEATHER_SCHEMA = {
     "type": "object",
-    "properties": {"city": {"type": "string", "maxLength": 10}, "days": {"type": "integer", "minimum": 1, "maximum": 9}},
+    "properties": {
+        "city": {"type": "string", "maxLength": 10},
+        "days": {"type": "integer", "minimum": 1, "maximum": 9},
+    },
     "required": ["city"],
 }
-OPENAI_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": WEATHER_SCHEMA}}
-ANTHROPIC_TOOL = {"name": "get_weather", "description": "Weather", "input_schema": WEATHER_SCHEMA}
+WEATHER_CALL = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+USER = [{"role": "user", "content": "Hello, how are you?"}]
+
+OPENAI_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_SCHEMA}}
 OPENAI_HISTORY = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Weather in Paris?"},
     {"role": "assistant", "content": None, "reasoning_content": "need a tool",
-     "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+     "tool_calls": [{"id": "call_1", "type": "function", "function": WEATHER_CALL}]},
     {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     {"role": "user", "content": [{"type": "text", "text": "And "}, {"type": "text", "text": "tomorrow?"}]},
 ]  # fmt: skip
+OPENAI_TOOL_CHOICES = ["auto", "none", "required", {"type": "function", "function": {"name": "get_weather"}}]
+RESPONSE_FORMATS = [
+    {"type": "json_object"},
+    {"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER_SCHEMA}},
+]
+CHAT_OPTIONS = {"stream": True, "logprobs": True, "top_logprobs": 2, "stop": ["\n\n"], "seed": 3, "temperature": 0.7,
+                "top_k": 20, "chat_template_kwargs": {"enable_thinking": False}, "parallel_tool_calls": False,
+                "stream_options": {"include_usage": True}}  # fmt: skip
+COMPLETION_PROMPTS = ["Once upon a time", [9707, 11, 1879], ["One"]]
+COMPLETION_OPTIONS = {"stream": True, "echo": True, "logprobs": 2, "stop": ".", "temperature": 0}
+
+ANTHROPIC_TOOL = {"name": "get_weather", "description": "Weather", "input_schema": WEATHER_SCHEMA}
 ANTHROPIC_HISTORY = [
     {"role": "user", "content": "Weather in Paris?"},
-    {"role": "assistant", "content": [{"type": "thinking", "thinking": "need a tool", "signature": "s"},
-                                      {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
-    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "sunny"}]},
-                                 {"type": "text", "text": "Thanks", "cache_control": {"type": "ephemeral"}}]},
+    {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "need a tool", "signature": "s"},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+    ]},
+    {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "sunny"}]},
+        {"type": "text", "text": "Thanks", "cache_control": {"type": "ephemeral"}},
+    ]},
 ]  # fmt: skip
-USER = [{"role": "user", "content": "Hello, how are you?"}]
+SYSTEMS = ["Be brief.", [{"type": "text", "text": "x-anthropic-billing-header: a"}, {"type": "text", "text": "Brief."}]]
+ANTHROPIC_TOOL_CHOICES = [{"type": "auto"}, {"type": "any"}, {"type": "tool", "name": "get_weather"}, {"type": "none"}]
+THINKING = [{"type": "enabled", "budget_tokens": 1024}, {"type": "disabled"}, {"type": "adaptive"}]
+MESSAGES_OPTIONS = {"stream": True, "stop_sequences": ["\n"], "temperature": 0.5, "metadata": {"user_id": "u"}}
+KINDS = ["chat", "chat", "completion", "messages", "messages", "count", "tokenize", "detokenize", "template"]
 
 
 def valid_request(rng: random.Random) -> tuple[str, dict[str, Any]]:
     """A valid request to a random endpoint, with a random selection of its optional fields."""
-    pick = rng.random
-    kind = rng.choice(["chat", "chat", "completion", "messages", "messages", "count", "tokenize", "detokenize",
-                       "template"])  # fmt: skip
+
+    def some(options: dict[str, Any], share: float) -> dict[str, Any]:
+        return {name: copy.deepcopy(value) for name, value in options.items() if rng.random() < share}
+
+    kind = rng.choice(KINDS)
     if kind in ("chat", "template"):
-        body: dict[str, Any] = {"messages": copy.deepcopy(OPENAI_HISTORY if pick() < 0.5 else USER), "max_tokens": MAX_TOKENS}
-        if pick() < 0.4:
-            body["tools"] = [copy.deepcopy(OPENAI_TOOL)]
-            body["tool_choice"] = rng.choice(["auto", "none", "required", {"type": "function", "function": {"name": "get_weather"}}])
-        if pick() < 0.2:
-            body["response_format"] = rng.choice([{"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "w", "schema": copy.deepcopy(WEATHER_SCHEMA)}}])
-        for field, value in [("stream", True), ("logprobs", True), ("top_logprobs", 2), ("stop", ["\n\n"]), ("seed", 3),
-                             ("temperature", 0.7), ("top_k", 20), ("chat_template_kwargs", {"enable_thinking": False}),
-                             ("stream_options", {"include_usage": True}), ("parallel_tool_calls", False)]:  # fmt: skip
-            if pick() < 0.25:
-                body[field] = value
-        return ("/apply-template" if kind == "template" else "/v1/chat/completions"), body
+        body: dict[str, Any] = {"messages": rng.choice([OPENAI_HISTORY, USER]), "max_tokens": MAX_TOKENS}
+        if rng.random() < 0.4:
+            body.update(tools=[OPENAI_TOOL], tool_choice=rng.choice(OPENAI_TOOL_CHOICES))
+        if rng.random() < 0.2:
+            body["response_format"] = rng.choice(RESPONSE_FORMATS)
+        body.update(some(CHAT_OPTIONS, 0.25))
+        return ("/apply-template" if kind == "template" else "/v1/chat/completions"), copy.deepcopy(body)
     if kind == "completion":
-        body = {"prompt": rng.choice(["Once upon a time", [9707, 11, 1879], ["One"]]), "max_tokens": MAX_TOKENS}
-        for field, value in [("stream", True), ("echo", True), ("logprobs", 2), ("stop", "."), ("temperature", 0)]:
-            if pick() < 0.3:
-                body[field] = value
-        return "/v1/completions", body
+        body = {"prompt": rng.choice(COMPLETION_PROMPTS), "max_tokens": MAX_TOKENS, **some(COMPLETION_OPTIONS, 0.3)}
+        return "/v1/completions", copy.deepcopy(body)
     if kind in ("messages", "count"):
-        body = {"model": "claude", "messages": copy.deepcopy(ANTHROPIC_HISTORY if pick() < 0.5 else USER)}
-        if pick() < 0.5:
-            body["system"] = rng.choice(["Be brief.", [{"type": "text", "text": "x-anthropic-billing-header: a"}, {"type": "text", "text": "Be brief."}]])
-        if pick() < 0.4:
-            body["tools"] = [copy.deepcopy(ANTHROPIC_TOOL)]
-            body["tool_choice"] = rng.choice([{"type": "auto"}, {"type": "any"}, {"type": "tool", "name": "get_weather"}, {"type": "none"}])
-        if pick() < 0.3:
-            body["thinking"] = rng.choice([{"type": "enabled", "budget_tokens": 1024}, {"type": "disabled"}, {"type": "adaptive"}])
-        if kind == "count":
-            return "/v1/messages/count_tokens", body
-        body["max_tokens"] = MAX_TOKENS
-        for field, value in [("stream", True), ("stop_sequences", ["\n"]), ("temperature", 0.5), ("metadata", {"user_id": "u"})]:
-            if pick() < 0.3:
-                body[field] = value
-        return "/v1/messages", body
+        body = {"model": "claude", "messages": rng.choice([ANTHROPIC_HISTORY, USER])}
+        if rng.random() < 0.5:
+            body["system"] = rng.choice(SYSTEMS)
+        if rng.random() < 0.4:
+            body.update(tools=[ANTHROPIC_TOOL], tool_choice=rng.choice(ANTHROPIC_TOOL_CHOICES))
+        if rng.random() < 0.3:
+            body["thinking"] = rng.choice(THINKING)
+        if kind == "messages":
+            body.update(max_tokens=MAX_TOKENS, **some(MESSAGES_OPTIONS, 0.3))
+        return ("/v1/messages" if kind == "messages" else "/v1/messages/count_tokens"), copy.deepcopy(body)
     if kind == "tokenize":
-        return "/tokenize", {"content": rng.choice(TEXTS[:20]), "with_pieces": pick() < 0.5}
+        return "/tokenize", {"content": rng.choice(TEXTS[:20]), "with_pieces": rng.random() < 0.5}
     return "/detokenize", {"tokens": [rng.randrange(0, 248320) for _ in range(rng.randrange(0, 5))]}
 
 
@@ -135,7 +152,7 @@ class Fuzzer:
         raw = _encode(body)
         if rng.random() < 0.08:
             raw = self._corrupt(raw)
-        content_type = "application/json" if rng.random() < 0.97 else rng.choice(["text/plain", "application/json; charset=latin-1", ""])
+        content_type = "application/json" if rng.random() < 0.97 else rng.choice(OTHER_CONTENT_TYPES)
         return path, raw, content_type
 
     def value(self, depth: int = 3) -> Any:
@@ -158,7 +175,8 @@ class Fuzzer:
             return {}
         if roll < 0.86:
             return [self.value(depth - 1) for _ in range(rng.randrange(0, 4))]
-        return {rng.choice(KEYS) if rng.random() < 0.7 else self.text(): self.value(depth - 1) for _ in range(rng.randrange(0, 4))}
+        keys = [rng.choice(KEYS) if rng.random() < 0.7 else self.text() for _ in range(rng.randrange(0, 4))]
+        return {key: self.value(depth - 1) for key in keys}
 
     def text(self) -> str:
         rng = self.rng
@@ -204,7 +222,7 @@ class Fuzzer:
         if op == 1:
             return raw[:at] + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 8))) + raw[at:]
         if op == 2:
-            return raw[:at] + rng.choice([b"\xc0\x80", b"\xed\xa0\x80", b"\\ud800", b"\\udfff\\ud800", b"\xff\xfe", b"\x00"]) + raw[at:]
+            return raw[:at] + rng.choice(BAD_BYTES) + raw[at:]
         if op == 3:
             return raw[:at] + raw[at:][rng.randrange(1, 20):]
         return raw[:at] + raw[at : at + 40] + raw[at:]
