@@ -40,7 +40,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-async def read_body(request: web.Request) -> bytes:
+async def _read_body(request: web.Request) -> bytes:
     """The whole body, which must arrive within the read timeout: a client that sends its headers
     and then stalls or trickles would otherwise hold its connection for as long as it likes."""
     timeout = request.app[CONFIG].read_timeout
@@ -54,10 +54,9 @@ async def read_body(request: web.Request) -> bytes:
 async def decode_body(request: web.Request, decode: Callable[[bytes], T]) -> T:
     """Decode the JSON body with a module-level msgspec decoder; a bad body is a 400 naming the field.
     The body must arrive within the read timeout (408) and nest at most MAX_NESTING levels."""
-    body = await read_body(request)
-    too_deep = invalid_request(f"nesting too deep: JSON arrays and objects nest more than {MAX_NESTING} levels")
+    body = await _read_body(request)
     if await asyncio.to_thread(nests_deeper_than, body):
-        raise too_deep
+        raise _too_deep()
     try:
         return decode(body)
     except msgspec.ValidationError as exc:
@@ -66,7 +65,11 @@ async def decode_body(request: web.Request, decode: Callable[[bytes], T]) -> T:
     except msgspec.DecodeError as exc:
         raise invalid_request(f"the request body is not valid JSON: {exc}") from exc
     except RecursionError as exc:  # invalid JSON that the depth check could not see as such
-        raise too_deep from exc
+        raise _too_deep() from exc
+
+
+def _too_deep() -> ApiError:
+    return invalid_request(f"nesting too deep: JSON arrays and objects nest more than {MAX_NESTING} levels")
 
 
 def loaded_model(request: web.Request) -> LoadedModel:
