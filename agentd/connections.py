@@ -43,10 +43,6 @@ class LimitedSite(web.BaseSite):
     def name(self) -> str:
         return self._name
 
-    @property
-    def open_connections(self) -> int:
-        return self._open
-
     async def start(self) -> None:
         await super().start()
         self._server = await asyncio.get_running_loop().create_server(self._protocol, sock=self._sock)
