@@ -11,7 +11,9 @@ from aiohttp import web
 from agentd.api import admin, anthropic, openai, responses
 from agentd.api.common import CONFIG, RUNNER, TURNS
 from agentd.config import ServeConfig
+from agentd.connections import LimitedSite
 from agentd.errors import ApiError, Handler, error_middleware
+from agentd.guard import BrowserGuard
 from agentd.history import GeneratedTurns
 from agentd.loader import LoadedModel
 from agentd.runner import Runner
@@ -44,10 +46,12 @@ ROUTES = [
 
 def make_app(config: ServeConfig, runner: Runner) -> web.Application:
     """Serve with `handler_cancellation=True` so a client disconnect cancels its request."""
+    guard = BrowserGuard(config)
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[_count_requests, error_middleware, _authenticate],
+        middlewares=[_count_requests, error_middleware, guard.middleware(), _authenticate],
     )
+    app.on_response_prepare.append(guard.response_hook())
     app[CONFIG] = config
     app[RUNNER] = runner
     app[TURNS] = GeneratedTurns()  # replies as generated, for re-sent history (agentd.history)
@@ -102,13 +106,17 @@ def make_runner(config: ServeConfig, load: Callable[[], LoadedModel]) -> Runner:
 async def start_server(config: ServeConfig, runner: Runner) -> web.AppRunner:
     """Listen on config.host:config.port (0: any free port; see `.addresses`), then start loading
     the model in the background (/health answers 503 until it is done). The port is bound first,
-    so a taken port fails at once instead of after loading."""
+    so a taken port fails at once instead of after loading. A connection must deliver each
+    request's headers within `read_timeout` of opening (or of its previous response): aiohttp's
+    keep-alive timer runs from those moments and closes a connection still waiting for headers."""
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.create_server((config.host, config.port), family=family)
-    app_runner = web.AppRunner(make_app(config, runner), handler_cancellation=True, access_log=None)
+    app_runner = web.AppRunner(
+        make_app(config, runner), handler_cancellation=True, access_log=None, keepalive_timeout=config.read_timeout
+    )
     try:
         await app_runner.setup()
-        await web.SockSite(app_runner, sock).start()
+        await LimitedSite(app_runner, sock, config.max_connections).start()
     except BaseException:
         sock.close()
         await app_runner.cleanup()

@@ -18,6 +18,10 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     default_max_tokens: int = 8192  # output limit when a request names none (also bounded by n_ctx)
     max_tool_calls: int = 16  # calls per turn before generation is stopped (runaway loops)
     max_body_bytes: int = 32 * 1024 * 1024
+    read_timeout: float = 30.0  # seconds for a request's headers (and idle keep-alive) and for its body
+    max_connections: int = 128  # open client connections; more are answered 503 and closed
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones ("*": any)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any); none: CORS off
     keepalive_seconds: float = 10.0  # SSE comment interval while a streamed request waits
     cache_enabled: bool = True  # prefix-aware session cache of recurrent checkpoints + KV
     cache_ram_mb: int = 4096  # RAM tier budget
@@ -32,7 +36,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_active", "prefill_chunk", "default_max_tokens", "max_body_bytes",
-                     "checkpoint_interval"):
+                     "checkpoint_interval", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_ctx is not None and self.n_ctx < 2:
@@ -41,5 +45,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("cache budgets must not be negative")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        if not self.read_timeout > 0:
+            raise ValueError(f"read_timeout must be positive, got {self.read_timeout}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")

@@ -32,6 +32,7 @@ class LoadedModel:
     n_ctx: int  # prompt + output tokens one request may use
     grammars: GrammarCompiler  # built once (~1 s); makes one constraint per request
     tool_format: str  # "qwen_xml" | "hermes": how this model's template writes tool calls
+    max_token_bytes: int  # the most text bytes one token stands for: prompts above n_ctx times it cannot fit
     cache: PrefixCache | None = None  # the session cache, when enabled
 
 
@@ -73,6 +74,7 @@ def prepare(model: Any, name: str, n_ctx: int | None = None) -> LoadedModel:
         n_ctx=n_ctx or model.config.context_length,
         grammars=grammars,
         tool_format=detect_tool_format(model.chat_template),
+        max_token_bytes=max(len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,12 +39,14 @@ class PlanError(ValueError):
 
 
 class ContextOverflow(Exception):
-    """The prompt leaves no room for output; each API words this its own way."""
+    """The prompt leaves no room for output; each API words this its own way. With `at_least`,
+    num_tokens is a lower bound, found before tokenizing (check_fits)."""
 
-    def __init__(self, num_tokens: int, n_ctx: int):
-        super().__init__(f"{num_tokens} prompt tokens, context {n_ctx}")
+    def __init__(self, num_tokens: int, n_ctx: int, at_least: bool = False):
+        super().__init__(f"{'at least ' if at_least else ''}{num_tokens} prompt tokens, context {n_ctx}")
         self.num_tokens = num_tokens
         self.n_ctx = n_ctx
+        self.at_least = at_least
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ def chat_prompt(
     be spliced exactly is rendered by the template alone."""
     preserve = _preserve_thinking(chat, preserve_thinking)
     rendered = render_chat(loaded, chat, literal_content)
+    check_fits(loaded, rendered.text)
     bodies = _remembered_bodies(chat.messages, turns, preserve, literal_content) if turns is not None else {}
     bodies.update(chat.turn_ids)
     spliced = _splice(loaded, chat, rendered.text, bodies, literal_content) if bodies else None
@@ -245,6 +249,7 @@ def plan_completion(loaded: LoadedModel, config: ServeConfig, request_id: str, i
     tokenizer = loaded.model.tokenizer
     n_vocab = loaded.model.config.n_vocab
     if isinstance(inp.prompt, str):
+        check_fits(loaded, inp.prompt)
         prompt, prompt_ids = inp.prompt, tokenizer.encode(inp.prompt)
     else:
         bad = [t for t in inp.prompt if not 0 <= t < n_vocab]
@@ -297,6 +302,16 @@ def _constraint(loaded: LoadedModel, chat: ChatInput, mode: ToolMode) -> Any:
         return loaded.grammars.matcher(grammar)
     except ValueError as exc:
         raise PlanError(f"cannot build the output grammar: {exc}", param) from exc
+
+
+def check_fits(loaded: LoadedModel, text: str) -> None:
+    """Refuse a prompt whose size alone proves it cannot fit, before the slow part: tokenizing.
+    No token stands for more than `max_token_bytes` bytes of the (NFC-normalised) text, so the
+    text has at least bytes / max_token_bytes tokens."""
+    num_bytes = len(unicodedata.normalize("NFC", text).encode())
+    at_least = -(-num_bytes // loaded.max_token_bytes)
+    if at_least >= loaded.n_ctx:
+        raise ContextOverflow(at_least, loaded.n_ctx, at_least=True)
 
 
 def _room(loaded: LoadedModel, prompt_ids: list[int]) -> int:

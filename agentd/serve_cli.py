@@ -61,6 +61,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "0 stores none (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
+        "--max-body-mb", type=float, default=defaults.max_body_bytes / 2**20, metavar="MB",
+        help="largest request body; larger ones get 413 (default: %(default)g)",
+    )  # fmt: skip
+    p.add_argument(
+        "--read-timeout", type=float, default=defaults.read_timeout, metavar="S",
+        help="seconds a connection may take to send a request's headers (also the idle keep-alive "
+        "time) and, separately, its body; slower ones are closed or get 408 (default: %(default)g)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-connections", type=int, default=defaults.max_connections, metavar="N",
+        help="open client connections; more are answered 503 and closed (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allowed-host", action="append", default=[], metavar="NAME",
+        help="accept requests whose Host header is NAME besides loopback names (repeatable; '*': any). "
+        "The Host check guards against DNS rebinding; it applies when listening on loopback or when "
+        "this option is given",
+    )  # fmt: skip
+    p.add_argument(
+        "--cors-origin", action="append", default=[], metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. http://localhost:3000; '*': any) call the API from a "
+        "browser (repeatable; default: CORS off)",
+    )  # fmt: skip
+    p.add_argument(
         "--preserve-thinking", action="store_true",
         help="keep the reasoning this server generated in assistant turns before the last user message "
         "(the chat template drops it), so a new user message does not invalidate the cached tool loop "
@@ -110,6 +134,11 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         threads=args.threads,
         parse_special_in_content=args.parse_special_in_content,
         responses_max_mb=args.responses_max_mb,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        read_timeout=args.read_timeout,
+        max_connections=args.max_connections,
+        allowed_hosts=tuple(args.allowed_host),
+        cors_origins=tuple(args.cors_origin),
     )
 
 

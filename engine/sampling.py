@@ -16,6 +16,12 @@ import numpy as np
 
 # OpenAI documents presence/frequency penalties in [-2, 2].
 _PENALTY_LIMIT = 2.0
+# Sanity bounds: far beyond any useful setting, and they keep every penalised or scaled logit
+# finite in float32 (model logits are at most a few hundred in magnitude).
+MAX_TEMPERATURE = 100.0
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
+# The smallest positive float32: a temperature below it still divides, instead of 0/0 = NaN.
+_TINIEST_TEMPERATURE = np.finfo(np.float32).smallest_subnormal
 _REAL_FIELDS = (
     "temperature",
     "top_p",
@@ -47,8 +53,8 @@ class SamplingParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {self.temperature}")
         if not _is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not 0 < self.top_p <= 1:
@@ -58,8 +64,9 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if abs(getattr(self, name)) > _PENALTY_LIMIT:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        low, high = REPETITION_PENALTY_RANGE
+        if not low <= self.repetition_penalty <= high:
+            raise ValueError(f"repetition_penalty must be in [{low:g}, {high:g}] (1 = off), got {self.repetition_penalty}")
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
 
@@ -180,10 +187,14 @@ def _kept_weights(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarra
         raise ValueError("sampling a distribution needs temperature > 0 (0 means greedy)")
     # float32 keeps the passes over the whole vocabulary fast (float64 exp is ~20x slower); a
     # token whose weight underflows is over 87 nats below the best one and could not be drawn.
-    weights = logits / np.float32(params.temperature)
-    peak = weights.max()
+    # The peak is subtracted before scaling, so the scaled values are <= 0 and the best one is
+    # exactly 0: a tiny temperature overflows the others to -inf (weight 0), never the peak to
+    # +inf, and tends to greedy as it should.
+    peak = logits.max()
     _require_finite_max(float(peak))
-    np.subtract(weights, peak, out=weights)
+    weights = logits - peak
+    with np.errstate(over="ignore"):
+        np.divide(weights, max(np.float32(params.temperature), _TINIEST_TEMPERATURE), out=weights)
     np.exp(weights, out=weights)
     ids = None
     if 0 < params.top_k < len(weights):

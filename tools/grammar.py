@@ -211,8 +211,8 @@ class _QwenXmlRules:
                 raise ValueError(f"function {function}: text parameter {param} allows no string value")
             return "(" + " | ".join(_literal(text) for text in texts) + ") PARAM_END"
         if {"minLength", "maxLength", "pattern"} & schema.keys():
-            high = schema.get("maxLength", self._max_chars)
-            length = f"{{{int(schema.get('minLength', 0))},{'' if high is None else int(high)}}}"
+            high = _length(schema, "maxLength", self._max_chars)
+            length = f"{{{_length(schema, 'minLength', 0)},{'' if high is None else high}}}"
             terminal = rule.upper()
             pattern = f" & /{_searched(schema['pattern'], where)}/" if "pattern" in schema else ""
             text = f"/(?s:.{length})/{pattern} & /{_text_without(PARAMETER_CLOSE, None)}/"
@@ -285,6 +285,8 @@ def _declared_functions(tools: list[dict]) -> dict[str, dict]:
             raise ValueError(f"function {name!r} is declared twice")
         if params.get("type", "object") != "object":
             raise ValueError(f"function {name}: parameters must be an object schema, not {params['type']!r}")
+        if not all(isinstance(param, str) for param in _required(params)):
+            raise ValueError(f"function {name}: required must list parameter names, got {params['required']!r}")
         missing = [param for param in _required(params) if param not in _properties(params)]
         if missing:
             raise ValueError(f"function {name}: required parameters {missing} are not in its properties")
@@ -300,6 +302,16 @@ def _properties(params: dict) -> dict:
 def _required(params: dict) -> list:
     required = params.get("required")
     return required if isinstance(required, list) else []
+
+
+def _length(schema: dict, key: str, default: int | None) -> int | None:
+    """A string schema's minLength or maxLength, which must be a non-negative integer."""
+    value = schema.get(key, default)
+    if value is None or isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
 
 
 def _json_value(schema: dict, options: dict, max_chars: int | None, where: str | None = None) -> str:
@@ -332,7 +344,7 @@ def _cap_strings(schema: Any, max_chars: int | None, unknown_formats_kept: bool 
     kind = capped.get("type")
     is_string = kind == "string" or isinstance(kind, list) and "string" in kind
     if max_chars is not None and is_string and not {"maxLength", "enum", "const"} & capped.keys():
-        capped["maxLength"] = max(max_chars, int(capped.get("minLength", 0)))
+        capped["maxLength"] = max(max_chars, _length(capped, "minLength", 0))
     for key in _SUBSCHEMA_MAPS:
         if isinstance(capped.get(key), dict):
             capped[key] = {k: _cap_strings(v, max_chars, unknown_formats_kept) for k, v in capped[key].items()}

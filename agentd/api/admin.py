@@ -12,9 +12,10 @@ from msgspec import Struct
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agentd.api.common import CONFIG, RUNNER, TURNS, decode_body, loaded_model
+from agentd.api.openai import context_length_error
 from agentd.api.openai_wire import ChatCompletionRequest, chat_input, decode_chat, encode
 from agentd.errors import ApiError, invalid_request
-from agentd.plan import PlanError, chat_prompt
+from agentd.plan import ContextOverflow, PlanError, chat_prompt
 
 _STARTED = int(time.time())
 
@@ -125,6 +126,8 @@ async def apply_template(request: web.Request) -> web.Response:
         )
     except PlanError as exc:
         raise invalid_request(str(exc), param=exc.param) from exc
+    except ContextOverflow as exc:
+        raise context_length_error(exc, "messages") from exc
     cache = None if loaded.cache is None else await asyncio.to_thread(loaded.cache.explain, prompt.ids)
     return _json({"prompt": prompt.text, "tokens": prompt.ids, "num_tokens": len(prompt.ids), "cache": cache})
 

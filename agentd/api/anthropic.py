@@ -70,8 +70,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     turns = request.app[TURNS]
     try:
         plan = await make_plan(lambda: plan_chat(loaded, config, message_id, chat, turns))
-    except ContextOverflow as exc:  # the wording Claude Code reacts to by compacting its history
-        raise invalid_request(f"prompt is too long: {exc.num_tokens} tokens > {exc.n_ctx - 1} maximum") from exc
+    except ContextOverflow as exc:
+        raise _too_long(exc) from exc
     reply = _Reply(message_id, req.model or loaded.name, loaded.model.tokenizer, chat.stops)
     async with admitted(request, plan) as job:
         recorder = TurnRecorder(turns, loaded.model.tokenizer, chat, job, tool_use_id)
@@ -93,7 +93,14 @@ async def count_tokens(request: web.Request) -> web.Response:
         num_tokens = len(prompt.ids)
     except PlanError as exc:
         raise invalid_request(str(exc), param=exc.param) from exc
+    except ContextOverflow as exc:  # so long that counting it is not worth the time
+        raise _too_long(exc) from exc
     return web.Response(body=encode(TokenCount(num_tokens)), content_type="application/json")
+
+
+def _too_long(exc: ContextOverflow) -> ApiError:
+    """The wording Claude Code reacts to by compacting its history."""
+    return invalid_request(f"prompt is too long: {exc.num_tokens} tokens > {exc.n_ctx - 1} maximum")
 
 
 def tool_use_id(call_id: str) -> str:

@@ -17,6 +17,7 @@ from aiohttp import web
 from agentd.config import ServeConfig
 from agentd.errors import ApiError, invalid_request
 from agentd.history import GeneratedTurns, TurnFrame
+from agentd.json_depth import MAX_NESTING, nests_deeper_than
 from agentd.loader import LoadedModel
 from agentd.output import Done, OutputEvent
 from agentd.plan import ChatInput, Plan, PlanError
@@ -39,9 +40,23 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, which must arrive within the read timeout: a client that sends its headers
+    and then stalls or trickles would otherwise hold its connection for as long as it likes."""
+    timeout = request.app[CONFIG].read_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError as exc:
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout") from exc
+
+
 async def decode_body(request: web.Request, decode: Callable[[bytes], T]) -> T:
-    """Decode the JSON body with a module-level msgspec decoder; a bad body is a 400 naming the field."""
-    body = await request.read()
+    """Decode the JSON body with a module-level msgspec decoder; a bad body is a 400 naming the field.
+    The body must arrive within the read timeout (408) and nest at most MAX_NESTING levels."""
+    body = await _read_body(request)
+    if await asyncio.to_thread(nests_deeper_than, body):
+        raise _too_deep()
     try:
         return decode(body)
     except msgspec.ValidationError as exc:
@@ -49,6 +64,12 @@ async def decode_body(request: web.Request, decode: Callable[[bytes], T]) -> T:
         raise invalid_request(str(exc), param=match.group(1) if match else None) from exc
     except msgspec.DecodeError as exc:
         raise invalid_request(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # invalid JSON that the depth check could not see as such
+        raise _too_deep() from exc
+
+
+def _too_deep() -> ApiError:
+    return invalid_request(f"nesting too deep: JSON arrays and objects nest more than {MAX_NESTING} levels")
 
 
 def loaded_model(request: web.Request) -> LoadedModel:

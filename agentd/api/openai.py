@@ -108,13 +108,18 @@ async def _plan(build: Callable[[], Plan], param: str) -> Plan:
     try:
         return await make_plan(build)
     except ContextOverflow as exc:
-        raise invalid_request(
-            f"This model's maximum context length is {exc.n_ctx} tokens. However, your request has "
-            f"{exc.num_tokens} prompt tokens, which leaves no room for output. "
-            f"Please reduce the length of the {param}.",
-            param=param,
-            code="context_length_exceeded",
-        ) from exc
+        raise context_length_error(exc, param) from exc
+
+
+def context_length_error(exc: ContextOverflow, param: str) -> ApiError:
+    """OpenAI's wording, which clients match to trim their history."""
+    return invalid_request(
+        f"This model's maximum context length is {exc.n_ctx} tokens. However, your request has "
+        f"{'at least ' if exc.at_least else ''}{exc.num_tokens} prompt tokens, which leaves no room for output. "
+        f"Please reduce the length of the {param}.",
+        param=param,
+        code="context_length_exceeded",
+    )
 
 
 def _include_usage(options: StreamOptions | None) -> bool:
@@ -190,8 +195,11 @@ def _usage(job: Job, done: Done) -> Usage:
     )
 
 
-def _error_event(message: str) -> bytes:
-    return ApiError(500, message, type="server_error").body()
+async def _send_error(response: web.StreamResponse, message: str) -> None:
+    """An error event, then `[DONE]`: clients that read until `[DONE]` (as OpenAI-compatible
+    servers end every stream) stop there instead of waiting for the connection to close."""
+    await sse.send_event(response, ApiError(500, message, type="server_error").body())
+    await sse.send_done(response)
 
 
 class _Chunks(Protocol):
@@ -224,7 +232,7 @@ async def _stream(
                 await sse.send_keepalive(response)
             elif isinstance(event, Failed):
                 outcome = event
-                await sse.send_event(response, _error_event(event.message))
+                await _send_error(response, event.message)
             else:
                 if recorder is not None:  # before the last chunk: the client may send the next turn at once
                     recorder.observe(event)
@@ -238,7 +246,7 @@ async def _stream(
     except Exception as exc:  # after the headers went out, an error can only be an event
         outcome = "error"
         log.exception("request %s failed while streaming", job.request.request_id)
-        await sse.send_event(response, _error_event(f"generation failed: {type(exc).__name__}: {exc}"))
+        await _send_error(response, f"generation failed: {type(exc).__name__}: {exc}")
     finally:
         log_request(endpoint, job.request.request_id, job, outcome)
     return response

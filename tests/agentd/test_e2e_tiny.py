@@ -137,7 +137,7 @@ def test_disconnect_frees_the_runner_at_once(tiny_server):
     payload = json.dumps({"messages": USER, "stream": True, "max_tokens": 2000}).encode()
     with socket.create_connection((host, int(port)), timeout=60) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n".encode()
             + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
         )  # fmt: skip
         data = b""

@@ -37,6 +37,19 @@ def test_defaults_and_flags():
     assert ServeConfig().host == "127.0.0.1"
 
 
+def test_safety_flags():
+    config = serve_cli.config_from_args(
+        parse("--max-body-mb", "0.5", "--read-timeout", "2.5", "--max-connections", "7", "--allowed-host", "a.lan",
+              "--allowed-host", "b.lan", "--cors-origin", "http://localhost:3000")
+    )  # fmt: skip
+    assert config == ServeConfig(
+        max_body_bytes=512 * 1024, read_timeout=2.5, max_connections=7, allowed_hosts=("a.lan", "b.lan"),
+        cors_origins=("http://localhost:3000",),
+    )  # fmt: skip
+    assert serve_cli.run(parse("--max-connections", "0")) == 2
+    assert serve_cli.run(parse("--read-timeout", "0")) == 2
+
+
 def test_invalid_settings_exit_2():
     assert serve_cli.run(parse("--max-queue", "0")) == 2
 

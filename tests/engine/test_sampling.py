@@ -146,6 +146,18 @@ def test_greedy_is_argmax_and_top_k_one_is_greedy_at_any_temperature():
             assert sampler.sample(logits) == best
 
 
+@pytest.mark.parametrize("temperature", [1e-38, 1e-320, 5e-324])
+def test_a_vanishing_temperature_samples_greedily_instead_of_overflowing(temperature):
+    """Dividing float32 logits by 1e-38 used to give +inf (1e-320: 0/0 = NaN) and a failed request."""
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal(5000) * 4).astype(np.float32)
+    best = int(np.argmax(logits))
+    for seed in range(5):
+        assert Sampler(SamplingParams(temperature=temperature, seed=seed)).sample(logits) == best
+    ids, probs = truncated_distribution(logits, SamplingParams(temperature=temperature))
+    assert ids.tolist() == [best] and probs.tolist() == [1.0]
+
+
 def test_greedy_respects_the_mask():
     logits = np.array([5.0, 1.0, 3.0, 4.0], dtype=np.float32)
     mask = np.array([False, True, True, False])
@@ -229,6 +241,7 @@ def test_same_seed_replays_the_same_tokens_and_another_seed_does_not():
         ("temperature", -0.1),
         ("temperature", float("nan")),
         ("temperature", "1"),
+        ("temperature", 100.5),
         ("top_k", -1),
         ("top_k", 2.5),
         ("top_k", True),
@@ -240,6 +253,9 @@ def test_same_seed_replays_the_same_tokens_and_another_seed_does_not():
         ("frequency_penalty", -3.0),
         ("repetition_penalty", 0.0),
         ("repetition_penalty", float("inf")),
+        ("repetition_penalty", 1e-320),
+        ("repetition_penalty", 0.009),
+        ("repetition_penalty", 101.0),
         ("seed", -1),
         ("seed", 1.5),
     ],
