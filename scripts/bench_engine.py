@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{LLAMA} is always measured when installed; --backends names agentd backends")
     import importlib.util
 
+    files = model_files(args)
     engines = list(args.backends)
     if importlib.util.find_spec("llama_cpp"):
         engines.append(LLAMA)
@@ -235,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         print("llama-cpp-python not installed: measuring agentd only", file=sys.stderr)
     if not engines:
         sys.exit("nothing to measure: no --backends and llama-cpp-python not installed")
-    files = model_files(args)
     runs: dict[tuple[Path, str], list[dict[str, float]]] = {(p, e): [] for p in files for e in engines}
     for path in files:
         for r in range(args.repeats):
