@@ -2,8 +2,9 @@
 
 The header (metadata and the tensor table) needs every tensor's name, shape and type before any
 data, so tensors may be given as `LazyTensor`s: the writer lays out the table from their shapes
-and asks each one for its data only when it is written. A 27B model is then produced one tensor
-at a time and quantized in row chunks, never held in memory at once. The file appears under its
+and asks each one for its data only when it is written, in blocks of rows when the tensor can
+produce them. A 27B model (whose float32 embedding alone is 5 GB) is then drawn and quantized a
+few tens of MB at a time, never held in memory at once. The file appears under its
 final name only when complete (temporary file + rename), so a crash never leaves a half file.
 """
 
@@ -13,7 +14,7 @@ import os
 import secrets
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -119,10 +120,15 @@ class ArchConfig(DeltaNetDims):
 
 @dataclass(frozen=True)
 class LazyTensor:
-    """A float tensor of known numpy `shape` whose data is made only when the writer needs it."""
+    """A float tensor of known numpy `shape` whose data is made only when the writer needs it.
+
+    `produce` gives the whole tensor. `produce_rows`, when set, gives the same values as consecutive
+    blocks of at most `max_rows` rows (rows = the last axis), so the writer never holds the whole tensor.
+    """
 
     shape: tuple[int, ...]
     produce: Callable[[], np.ndarray]
+    produce_rows: Callable[[int], Iterable[np.ndarray]] | None = None
 
 
 TensorData = np.ndarray | LazyTensor
@@ -314,26 +320,41 @@ def _write_tensor_data(fout: IO[bytes], alignment: int, entries: list, progress:
     try:
         for name, shape, qtype, data in entries:
             _pad(fout, alignment)
-            values = data.produce() if isinstance(data, LazyTensor) else data
-            if tuple(values.shape) != shape:
-                raise ValueError(f"tensor {name}: produced shape {tuple(values.shape)}, declared {shape}")
-            if not np.issubdtype(values.dtype, np.floating):
-                raise ValueError(f"tensor {name} must hold floats, got dtype {values.dtype}")
-            rows = values.reshape(-1, shape[-1])
-            step = max(1, _CHUNK_VALUES // shape[-1])
-            for start in range(0, rows.shape[0], step):
-                chunk = np.ascontiguousarray(rows[start:start + step], dtype=np.float32)
+            for block in _row_blocks(name, shape, data, max(1, _CHUNK_VALUES // shape[-1])):
+                chunk = np.ascontiguousarray(block, dtype=np.float32)
                 if not np.isfinite(chunk).all():
                     raise ValueError(f"tensor {name} contains NaN or infinite values")
                 encoded = quantize(chunk, qtype)
                 fout.write(encoded.tobytes())
                 if bar is not None:
                     bar.update(encoded.nbytes)
-            del values, rows
         _pad(fout, alignment)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _row_blocks(name: str, shape: tuple[int, ...], data: TensorData, max_rows: int) -> Iterator[np.ndarray]:
+    """The tensor's rows in blocks of at most `max_rows`, checked against the declared shape."""
+    if isinstance(data, LazyTensor) and data.produce_rows is not None:
+        blocks = data.produce_rows(max_rows)
+    else:
+        values = data.produce() if isinstance(data, LazyTensor) else data
+        if tuple(values.shape) != shape:
+            raise ValueError(f"tensor {name}: produced shape {tuple(values.shape)}, declared {shape}")
+        rows = values.reshape(-1, shape[-1])
+        blocks = (rows[start:start + max_rows] for start in range(0, rows.shape[0], max_rows))
+    n_rows = 0
+    for block in blocks:
+        if block.ndim != 2 or block.shape[1] != shape[-1] or not 0 < block.shape[0] <= max_rows:
+            raise ValueError(f"tensor {name}: produced a block of shape {block.shape}, expected up to "
+                             f"{max_rows} rows of {shape[-1]} values")
+        if not np.issubdtype(block.dtype, np.floating):
+            raise ValueError(f"tensor {name} must hold floats, got dtype {block.dtype}")
+        n_rows += block.shape[0]
+        yield block
+    if n_rows != prod(shape[:-1]):
+        raise ValueError(f"tensor {name}: produced {n_rows} rows, declared shape {shape} has {prod(shape[:-1])}")
 
 
 def _pad(fout: IO[bytes], alignment: int) -> None:

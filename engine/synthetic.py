@@ -67,7 +67,7 @@ def model_tensors(cfg: ArchConfig, seed: int = 0, qtype_mix: str = "f32") -> lis
     if qtype_mix not in QTYPE_MIXES:
         raise ValueError(f"unknown qtype mix {qtype_mix!r}; choose one of {', '.join(QTYPE_MIXES)}")
     return [
-        (name, LazyTensor(shape, _drawer(name, shape, init, seed)),
+        (name, _lazy_tensor(name, shape, init, seed),
          choose_qtype(name, shape, qtype_mix, has_output=not cfg.tied_embeddings))
         for name, shape, init in tensor_layout(cfg)
     ]
@@ -167,11 +167,25 @@ def _moe_ffn(cfg: ArchConfig, p: str) -> Iterator[tuple[str, tuple[int, ...], In
     yield p + "ffn_down_shexp.weight", (n, sh), _residual_projection(cfg, sh)
 
 
-def _drawer(name: str, shape: tuple[int, ...], init: Init, seed: int) -> Callable[[], np.ndarray]:
-    def draw() -> np.ndarray:
-        return init(np.random.default_rng([seed, zlib.crc32(name.encode())]), shape)
+def _lazy_tensor(name: str, shape: tuple[int, ...], init: Init, seed: int) -> LazyTensor:
+    """The tensor drawn whole or in row blocks; the same values either way.
 
-    return draw
+    Every initializer draws its values one by one from the generator, so drawing the rows block
+    after block continues the same random stream as drawing them at once.
+    """
+
+    def rng() -> np.random.Generator:
+        return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+    def draw() -> np.ndarray:
+        return init(rng(), shape)
+
+    def draw_rows(max_rows: int) -> Iterator[np.ndarray]:
+        gen, n_rows = rng(), math.prod(shape[:-1])
+        for start in range(0, n_rows, max_rows):
+            yield init(gen, (min(max_rows, n_rows - start), shape[-1]))
+
+    return LazyTensor(shape, draw, draw_rows)
 
 
 def _normal(std: float) -> Init:

@@ -224,6 +224,35 @@ def test_same_seed_gives_byte_identical_files(tmp_path, tiny):
     assert other.read_bytes() != tiny.read_bytes()
 
 
+def test_tensors_are_drawn_and_written_in_row_blocks_with_the_same_bytes(tmp_path, monkeypatch):
+    """The 27B preset's float32 embedding is 5 GB: the writer must ask for bounded row blocks and never
+    draw a tensor whole, and the blocks must continue one random stream (same file as drawing whole)."""
+    cfg = dataclasses.replace(synthetic.preset_config("tiny-moe", with_mtp=True), vocab_size=N_VOCAB)
+    tensors_ = synthetic.model_tensors(cfg, seed=3, qtype_mix="q8_0")
+    whole = write_model(tmp_path / "whole.gguf", cfg, [(n, dataclasses.replace(t, produce_rows=None), q)
+                                                       for n, t, q in tensors_], SMALL_VOCAB, DEFAULT_TEMPLATE)
+    monkeypatch.setattr(gguf_writer, "_CHUNK_VALUES", 3 * cfg.n_embd)  # 3 rows of 128 values per block
+    block_sizes = []
+
+    def streamed(t: LazyTensor) -> LazyTensor:
+        def drawn_whole():
+            raise AssertionError("a tensor was drawn whole")
+
+        def rows(max_rows: int):
+            for block in t.produce_rows(max_rows):
+                block_sizes.append(block.size)
+                yield block
+
+        return dataclasses.replace(t, produce=drawn_whole, produce_rows=rows)
+
+    blocks = write_model(tmp_path / "blocks.gguf", cfg, [(n, streamed(t), q) for n, t, q in tensors_],
+                         SMALL_VOCAB, DEFAULT_TEMPLATE)
+    assert blocks.read_bytes() == whole.read_bytes()
+    assert max(block_sizes) <= 3 * cfg.n_embd and len(block_sizes) > 10 * len(tensors_)
+    experts = dict((n, t) for n, t, _ in tensors_)["blk.0.ffn_gate_exps.weight"]  # 3-D: rows span experts
+    assert np.array_equal(np.concatenate(list(experts.produce_rows(5))), experts.produce().reshape(-1, cfg.n_embd))
+
+
 def test_real_presets_have_the_spec_shapes_without_writing_data():
     layout = {name: shape for name, shape, _ in synthetic.tensor_layout(synthetic.preset_config("27B"))}
     assert layout["blk.0.attn_qkv.weight"] == (10240, 5120)  # C = 2*16*128 + 48*128
@@ -286,6 +315,9 @@ def test_bad_input_is_rejected_with_a_clear_message(tmp_path):
     bad_shape = LazyTensor((4, 32), lambda: np.zeros((4, 64), np.float32))
     with pytest.raises(ValueError, match="produced shape"):
         write_model(tmp_path / "a.gguf", cfg, [("x.weight", bad_shape, QT.F32)], vocab, "")
+    short_rows = LazyTensor((4, 32), bad_shape.produce, lambda max_rows: iter([np.zeros((3, 32), np.float32)]))
+    with pytest.raises(ValueError, match="produced 3 rows"):
+        write_model(tmp_path / "a.gguf", cfg, [("x.weight", short_rows, QT.F32)], vocab, "")
     with pytest.raises(ValueError, match="NaN"):
         write_model(tmp_path / "b.gguf", cfg, [("x.weight", np.full((2, 32), np.nan), QT.F16)], vocab, "")
     with pytest.raises(ValueError, match="block size"):
