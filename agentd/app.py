@@ -16,6 +16,9 @@ from agentd.history import GeneratedTurns
 from agentd.loader import LoadedModel
 from agentd.runner import Runner
 
+# On shutdown, handlers whose jobs were failed answer at once; ones still preparing a prompt
+# (tokenizing) are cancelled after this long, which stops their tokenization too.
+HANDLER_GRACE_SECONDS = 0.5
 OPEN_PATHS = frozenset({"/health", "/v1/health"})  # probed by clients before they are configured
 
 ROUTES = [
@@ -105,7 +108,9 @@ async def start_server(config: ServeConfig, runner: Runner) -> web.AppRunner:
     so a taken port fails at once instead of after loading."""
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.create_server((config.host, config.port), family=family)
-    app_runner = web.AppRunner(make_app(config, runner), handler_cancellation=True, access_log=None)
+    app_runner = web.AppRunner(
+        make_app(config, runner), handler_cancellation=True, access_log=None, shutdown_timeout=HANDLER_GRACE_SECONDS
+    )
     try:
         await app_runner.setup()
         await web.SockSite(app_runner, sock).start()
