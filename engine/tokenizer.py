@@ -149,30 +149,40 @@ class Tokenizer:
         return ids
 
     def _parts(self, text: str) -> Iterator[str]:
-        """`text` in parts to encode one after the other: slices cut at piece boundaries, and in a
-        slice with a piece over MAX_PIECE_CHARS, the pieces around it and the long piece's chunks."""
+        """`text` in parts to encode one after the other, with the ids of encoding it whole: slices
+        cut where pieces end, and where a piece is over MAX_PIECE_CHARS, that piece in chunks."""
         start = 0
         while start < len(text):
-            cut = _SLICE_END.search(text, start + SLICE_CHARS) if start + SLICE_CHARS < len(text) else None
-            end = cut.start() if cut else len(text)
-            if not _may_hold_long_piece(text[start:end]) or _LONG_RUN.search(text, start, end) is None:
-                yield text[start:end]
+            end = len(text)
+            if start + SLICE_CHARS < len(text):
+                window_end = start + 2 * SLICE_CHARS  # a search to the end could be as slow as BPE
+                cut = _SLICE_END.search(text, start + SLICE_CHARS, window_end)
+                if cut is None or cut.start() == window_end < len(text):  # the window's end is no boundary
+                    yield from self._piecewise(text, start, len(text))
+                    return
+                end = cut.start()
+            if _may_hold_long_piece(text[start:end]) and _LONG_RUN.search(text, start, end) is not None:
+                yield from self._piecewise(text, start, end)
             else:
-                yield from self._split_long_pieces(text[start:end])
+                yield text[start:end]
             start = end
 
-    def _split_long_pieces(self, text: str) -> Iterator[str]:
-        short_from = 0
-        for piece in self._pieces.finditer(text):
-            if piece.end() - piece.start() <= MAX_PIECE_CHARS:
-                continue
-            if short_from < piece.start():
-                yield text[short_from : piece.start()]
-            for at in range(piece.start(), piece.end(), MAX_PIECE_CHARS):
-                yield text[at : min(at + MAX_PIECE_CHARS, piece.end())]
-            short_from = piece.end()
-        if short_from < len(text):
-            yield text[short_from:]
+    def _piecewise(self, text: str, start: int, end: int) -> Iterator[str]:
+        """Pre-tokenize text[start:end] here (slower, piece by piece): ordinary pieces in runs of up
+        to SLICE_CHARS, each long piece in chunks of MAX_PIECE_CHARS."""
+        run = start
+        for piece in self._pieces.finditer(text, start, end):
+            if piece.end() - piece.start() > MAX_PIECE_CHARS:
+                if run < piece.start():
+                    yield text[run : piece.start()]
+                for at in range(piece.start(), piece.end(), MAX_PIECE_CHARS):
+                    yield text[at : min(at + MAX_PIECE_CHARS, piece.end())]
+                run = piece.end()
+            elif piece.end() - run >= SLICE_CHARS:
+                yield text[run : piece.end()]
+                run = piece.end()
+        if run < end:
+            yield text[run:end]
 
     def _added_matches(self, text: str, literal: Sequence[tuple[int, int]]) -> Iterator[re.Match[str]]:
         if self._added_pattern is None:
