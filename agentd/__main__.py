@@ -66,9 +66,14 @@ def _run_cache(args: argparse.Namespace) -> int:
 def _model_path(arg: str | None) -> str:
     if arg:
         return arg
-    from engine.synthetic import ensure_default_model
+    from engine.synthetic import demo_model_notice, ensure_default_model
 
-    return str(ensure_default_model(progress=True))
+    def say(line: str) -> None:
+        print(f"agentd: {line}", file=sys.stderr, flush=True)
+
+    path = ensure_default_model(progress=True, say=say)
+    say(demo_model_notice(path, "agentd generate"))
+    return str(path)
 
 
 def _run_generate(args: argparse.Namespace) -> int:

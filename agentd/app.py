@@ -18,6 +18,9 @@ from agentd.history import GeneratedTurns
 from agentd.loader import LoadedModel
 from agentd.runner import Runner
 
+# On shutdown, handlers whose jobs were failed answer at once; ones still preparing a prompt
+# (tokenizing) are cancelled after this long, which stops their tokenization too.
+HANDLER_GRACE_SECONDS = 0.5
 OPEN_PATHS = frozenset({"/health", "/v1/health"})  # probed by clients before they are configured
 
 ROUTES = [
@@ -112,7 +115,8 @@ async def start_server(config: ServeConfig, runner: Runner) -> web.AppRunner:
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.create_server((config.host, config.port), family=family)
     app_runner = web.AppRunner(
-        make_app(config, runner), handler_cancellation=True, access_log=None, keepalive_timeout=config.read_timeout
+        make_app(config, runner), handler_cancellation=True, access_log=None, keepalive_timeout=config.read_timeout,
+        shutdown_timeout=HANDLER_GRACE_SECONDS,
     )
     try:
         await app_runner.setup()

@@ -39,9 +39,13 @@ class LoadedModel:
 def load(config: ServeConfig, progress: bool = True) -> LoadedModel:
     """Load `config.model_path` (or the embedded default model); slow, run it off the event loop."""
     import engine
-    from engine.synthetic import ensure_default_model
+    from engine.synthetic import demo_model_notice, ensure_default_model
 
-    path = Path(config.model_path) if config.model_path else ensure_default_model(progress=progress)
+    if config.model_path:
+        path = Path(config.model_path)
+    else:
+        path = ensure_default_model(progress=progress, say=log.info)
+        log.warning("%s", demo_model_notice(path, "agentd serve"))
     started = time.monotonic()
     model = engine.load_model(path, progress=progress, backend=config.backend, threads=config.threads)
     log.info("model %s loaded in %.1f s on the %s backend: %s", path.name, time.monotonic() - started,

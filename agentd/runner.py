@@ -15,10 +15,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -26,9 +25,12 @@ import numpy as np
 
 from agentd.loader import LoadedModel
 from agentd.metrics import Metrics
+from agentd.threads import DaemonWorker, in_daemon_thread
 from engine.sampling import TokenLogprob
 
 log = logging.getLogger("agentd")
+
+STEP_GRACE_SECONDS = 0.5  # how long a shutdown waits for the model step in progress
 
 
 class QueueFull(Exception):
@@ -137,7 +139,9 @@ class Runner:
         self.metrics = metrics or Metrics()
         self.loaded: LoadedModel | None = None
         self.load_error: str | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentd-model")
+        self._worker = DaemonWorker("agentd-model")
+        self._step_running: asyncio.Future[list[Event]] | None = None
+        self.stopping = False  # set on shutdown: steps still running store nothing more
         self._waiting: collections.deque[Job] = collections.deque()
         self._active: collections.deque[Job] = collections.deque()
         self._jobs: set[Job] = set()
@@ -151,13 +155,20 @@ class Runner:
         """Begin loading the model in the background; requests get `NotReady` until it is in."""
         self._task = asyncio.create_task(self._main(), name="agentd-runner")
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = STEP_GRACE_SECONDS) -> None:
+        """Fail every job, wait up to `grace` seconds for the model step in progress (a prefill chunk
+        of a large model can take much longer; its thread does not hold the exit), flush the cache."""
+        self.stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.fail_all("server shutting down")
-        self._executor.shutdown(wait=True)
+        self._worker.stop()
+        if self._step_running is not None and not self._step_running.done():
+            await asyncio.wait({self._step_running}, timeout=grace)
+            if not self._step_running.done():
+                log.warning("a model step is still running after %.1f s; not waiting for it", grace)
         if self.loaded is not None and self.loaded.cache is not None:
             self.loaded.cache.close()  # flushes pending disk writes
 
@@ -181,32 +192,10 @@ class Runner:
         return len(self._jobs)
 
     async def _load_model(self) -> LoadedModel:
-        """Load in a daemon thread: a Ctrl-C during a long load ends the process at once
-        (executor threads are joined at exit, which would wait for the load to finish)."""
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[LoadedModel] = loop.create_future()
-
-        def settle(value: Any, failed: bool) -> None:
-            if result.done():
-                return
-            if failed:
-                result.set_exception(value)
-            else:
-                result.set_result(value)
-
-        def work() -> None:
-            try:
-                value, failed = self._load(), False
-            except Exception as exc:  # handed to the awaiting task
-                value, failed = exc, True
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-                loop.call_soon_threadsafe(settle, value, failed)
-
-        threading.Thread(target=work, name="agentd-load", daemon=True).start()
-        return await result
+        """Load in a daemon thread: a Ctrl-C during a long load ends the process at once."""
+        return await in_daemon_thread(self._load, "agentd-load")
 
     async def _main(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             self.loaded = await self._load_model()
         except Exception as exc:
@@ -219,7 +208,8 @@ class Runner:
         while True:
             job = await self._next_job()
             try:
-                events = await loop.run_in_executor(self._executor, self._step, job)
+                self._step_running = self._worker.submit(functools.partial(self._step, job))
+                events = await asyncio.shield(self._step_running)
             except Exception as exc:
                 log.exception("request %s failed in the model", job.request.request_id)
                 self._finish(job, Failed(f"generation failed: {type(exc).__name__}: {exc}"))
@@ -350,7 +340,7 @@ class Runner:
 
     def _store_checkpoint(self, job: Job, tokens: list[int]) -> None:
         cache = self.require_ready().cache
-        if cache is not None:
+        if cache is not None and not self.stopping:  # a closing cache takes no more writes
             cache.save(tokens[: job.state.position], job.state)
             job.stored_position = job.state.position
 
@@ -385,7 +375,7 @@ class Runner:
         """Store the end of generation, then hand the state to the cache to keep live: the next
         turn of this conversation restores into it, its KV rows already in place."""
         cache = self.require_ready().cache
-        if cache is None:
+        if cache is None or self.stopping:
             return
         tokens = (job.request.prompt_ids + job.generated)[: job.state.position]
         if job.state.position > len(job.request.prompt_ids):

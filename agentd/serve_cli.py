@@ -165,22 +165,25 @@ async def serve(config: ServeConfig, load_model: Callable[[], LoadedModel] | Non
         return 1
     for host, port, *_ in app_runner.addresses:
         log.info("listening on http://%s:%d (model loading; /health answers 503 until ready)", host, port)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda sig=sig: received.done() or received.set_result(sig))
     started = time.monotonic()
     loaded = asyncio.create_task(runner.wait_loaded())
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({loaded, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({loaded, received}, return_when=asyncio.FIRST_COMPLETED)
     status = 0
     if loaded.done() and not loaded.result():
         status = 1  # the runner logged why
     elif loaded.done():
         model = runner.require_ready()
         log.info("model %s ready in %.1f s (context %d tokens)", model.name, time.monotonic() - started, model.n_ctx)
-        await stopped
-    for task in (loaded, stopped):
-        task.cancel()
+        await received
+    loaded.cancel()
+    if received.done():
+        log.info("%s received: shutting down, %d requests in flight are cancelled",
+                 received.result().name, runner.num_jobs)
+    stopping = time.monotonic()
     await app_runner.cleanup()
+    log.info("stopped in %.1f s", time.monotonic() - stopping)
     return status

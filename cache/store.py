@@ -10,7 +10,8 @@ read each other's state; blobs carry the cache format version and fingerprint in
 Failure policy: the disk tier is an optimisation, so it never raises to its caller. A corrupt,
 truncated, foreign or outdated entry is a miss, logged once and deleted. A failing database (full
 disk, I/O error, a schema from a newer version) turns the tier off with one warning; the caller
-keeps serving from RAM.
+keeps serving from RAM. A database that cannot be opened for writing (a read-only directory or
+copy) is served read-only: its intact entries are hits, nothing is stored, one warning says so.
 
 Threads: all writes happen on one background writer thread fed by a bounded queue (a full queue
 drops the write); reads run on the caller's thread with their own connection (WAL lets them proceed
@@ -237,6 +238,23 @@ class _SchemaTooNew(RuntimeError):
     pass
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection. A WAL database needs its -shm file, which a read-only directory
+    cannot get once the last writer removed it: then the file is opened as immutable (nobody can
+    write it anyway)."""
+    uri = path.resolve().as_uri()
+    for query in ("?mode=ro", "?mode=ro&immutable=1"):
+        connection = sqlite3.connect(uri + query, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA user_version").fetchone()
+            return connection
+        except sqlite3.OperationalError:
+            connection.close()
+            if query.endswith("immutable=1"):
+                raise
+    raise AssertionError("unreachable")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) on a WAL database."""
     connection = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
@@ -317,6 +335,7 @@ class DiskStore:
         self.dropped_writes = 0
         self.discarded_entries = 0
         self.degraded: str | None = None  # why the tier is off, or None while it works
+        self.read_only: str | None = None  # why entries are read but none are stored, or None
         self._index = RadixIndex(block_size)
         self._index_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -383,7 +402,7 @@ class DiskStore:
         tokens = as_tokens(tokens).copy()
         if len(tokens) != state.position:
             raise ValueError(f"state is at position {state.position} but {len(tokens)} tokens were given")
-        if self.degraded is None:
+        if self.degraded is None and self.read_only is None:
             stored = StoredState.of(tokens, state, self.block_size).frozen()
             self._submit(functools.partial(self._put, tokens, stored))
 
@@ -424,6 +443,7 @@ class DiskStore:
             "bytes": self.nbytes,
             "budget_bytes": self.budget_bytes,
             "degraded": self.degraded,
+            "read_only": self.read_only,
             "dropped_writes": self.dropped_writes,
             "discarded_entries": self.discarded_entries,
         }
@@ -459,12 +479,14 @@ class DiskStore:
     # --- opening --------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._open_file()
+        except (sqlite3.OperationalError, PermissionError) as error:
+            if not self.path.is_file():
+                raise
+            self._open_read_only(error)  # read-only directory or file, or locked by another writer
         except sqlite3.DatabaseError as error:
-            if isinstance(error, sqlite3.OperationalError):
-                raise  # locked, full, unreadable directory: not damage to the file itself
             logger.warning("cache database damaged, starting a new one path=%s error=%s", self.path, error)
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
@@ -478,12 +500,30 @@ class DiskStore:
             self._drop_unusable_rows()
             self.nbytes = self._count_bytes(writer)
             self._clock = writer.execute("SELECT COALESCE(MAX(last_used), 0) FROM checkpoints").fetchone()[0]
-            self._load_index()
+            self._discard_damaged(self._load_index(writer))
             self._reader = _connect(self.path)
         except BaseException:
             self._writer = None
             writer.close()
             raise
+
+    def _open_read_only(self, why: Exception) -> None:
+        reader = _connect_read_only(self.path)
+        try:
+            version = reader.execute("PRAGMA user_version").fetchone()[0]
+            if version != len(_MIGRATIONS):
+                raise _SchemaTooNew(f"database schema {version}, this version needs {len(_MIGRATIONS)}")
+            self.nbytes = self._count_bytes(reader)
+            damaged = self._load_index(reader)
+        except BaseException:
+            reader.close()
+            raise
+        self._reader = reader
+        self.read_only = f"cannot write {self.path}: {why}"
+        logger.warning(
+            "cache disk tier read-only: serving its %d entries, storing nothing new reason=%s (%d damaged entries "
+            "skipped)", len(self._index), self.read_only, len(damaged),
+        )  # fmt: skip
 
     def _drop_unusable_rows(self) -> None:
         """Rows of older formats (any model) and ours cut with another block size can never be read."""
@@ -497,9 +537,10 @@ class DiskStore:
         if rows:
             logger.info("cache dropped outdated entries count=%d", len(rows))
 
-    def _load_index(self) -> None:
+    def _load_index(self, connection: sqlite3.Connection) -> list[str]:
+        """Index the usable rows; returns the keys whose tokens do not match (damaged)."""
         damaged = []
-        for key, position, tokens in self._writer.execute(*self._usable_rows("key, position, tokens")):
+        for key, position, tokens in connection.execute(*self._usable_rows("key, position, tokens")):
             if not isinstance(tokens, bytes) or len(tokens) != position * TOKEN_DTYPE.itemsize:
                 damaged.append(key)
                 continue
@@ -508,6 +549,9 @@ class DiskStore:
                 damaged.append(key)
                 continue
             self._index.insert(array, key)
+        return damaged
+
+    def _discard_damaged(self, damaged: list[str]) -> None:
         for key in damaged:
             logger.warning("cache entry discarded key=%s reason=tokens do not match the key", key)
             self._delete(self.fingerprint, key)
@@ -601,7 +645,7 @@ class DiskStore:
     # --- writing (writer thread) ----------------------------------------------------------------
 
     def _submit(self, job: Callable[[], None], wait_for_room: bool = False) -> None:
-        if self.degraded is not None or self._closed:
+        if self.degraded is not None or self.read_only is not None or self._closed:
             return
         try:
             self._queue.put(job, block=wait_for_room)

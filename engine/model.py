@@ -59,7 +59,8 @@ def load_model(path: str | Path, progress: bool = False, backend: Backend | str 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.n_layer, desc=f"loading {Path(path).name}", unit="layer", leave=False)
+        # left in place once complete: its closing newline keeps the next log line off the bar
+        bar = tqdm(total=config.n_layer, desc=f"loading {Path(path).name}", unit="layer")
     try:
         weights = load_weights(f, config, be, bar.update if bar else None)
     finally:

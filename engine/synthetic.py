@@ -95,12 +95,23 @@ def default_model_path() -> Path:
     return root / "models" / f"agentd-{DEFAULT_PRESET}-{DEFAULT_QTYPE_MIX}-v{LAYOUT_VERSION}.gguf"
 
 
-def ensure_default_model(progress: bool = True) -> Path:
-    """The default model's path, creating the file on first use (atomically, so never half written)."""
+def ensure_default_model(progress: bool = True, say: Callable[[str], None] = lambda line: None) -> Path:
+    """The default model's path, creating the file on first use (atomically, so never half written).
+    `say` gets a line before it is written, so a first run does not look like a model download."""
     path = default_model_path()
     if not path.is_file():
+        say(f"first run: writing the embedded demo model to {path} (about 45 MB, once)")
         make_model(path, DEFAULT_PRESET, seed=0, qtype_mix=DEFAULT_QTYPE_MIX, progress=progress)
     return path
+
+
+def demo_model_notice(path: Path, command: str) -> str:
+    """What a user of the default model must know: it is not a real model."""
+    return (
+        f"using the embedded demo model {path}: a small model with random weights and the real Qwen3.5 "
+        f"tokenizer, for trying agentd out; its output is gibberish. To use a real model: {command} --model "
+        "PATH/TO/Qwen3.5.gguf"
+    )
 
 
 def tensor_layout(cfg: ArchConfig) -> Iterator[tuple[str, tuple[int, ...], Init]]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import bisect
 import codecs
+import contextlib
+import contextvars
 import itertools
 import re
+import threading
 import unicodedata
 from collections.abc import Iterator, Sequence
 
 import gguf
+import regex
 import tiktoken
 
 from engine.vocab import Vocab, gpt2_byte_to_unicode
@@ -24,6 +28,42 @@ PRE_TOKENIZER_PATTERNS = {
     "qwen35": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
     "qwen2": r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
 }
+# Pre-tokenizer pieces longer than this many characters (a megabyte "word" with no spaces) are cut
+# into chunks this long before BPE, whose cost grows faster than linearly with the piece length.
+# Ordinary text has no such piece, so its ids are exactly the reference tokenizer's.
+MAX_PIECE_CHARS = 256
+# Text is encoded in slices of about this many characters, cut where a pre-tokenizer piece ends
+# (after a letter run or a digit, or after a newline that ends a run of whitespace), so the ids
+# equal encoding it whole; between slices a cancelled request stops (see cancel_encoding_on).
+SLICE_CHARS = 1 << 16
+_SLICE_END = regex.compile(r"(?<=[\p{L}\p{M}])(?![\p{L}\p{M}])|(?<=\p{N})|(?<=[\r\n])(?=[^\S\r\n]*\S)")
+# A run that can make a piece longer than MAX_PIECE_CHARS (letters, other symbols, whitespace),
+# found at the run's start only, so the search stays linear. Slow (~0.2 s/MB): only slices where
+# a cheap check finds a long word or whitespace run are searched.
+_LONG_WHITESPACE = re.compile(r"\s{%d}" % (MAX_PIECE_CHARS // 2))
+_LONG_RUN = regex.compile(
+    r"(?<![\p{L}\p{M}])[\p{L}\p{M}]{%d}|(?<![^\s\p{L}\p{M}\p{N}])[^\s\p{L}\p{M}\p{N}]{%d}|(?<!\s)\s{%d}"
+    % ((MAX_PIECE_CHARS // 2,) * 3)
+)
+_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("encoding_cancel", default=None)
+
+
+class EncodingCancelled(Exception):
+    """Raised inside `cancel_encoding_on(event)` once `event` is set: nobody waits for these ids."""
+
+
+@contextlib.contextmanager
+def cancel_encoding_on(event: threading.Event) -> Iterator[None]:
+    """Encoding in this context (this thread, or an asyncio.to_thread copy of it) stops with
+    EncodingCancelled at its next slice once `event` is set: a megabyte prompt whose client left
+    must not keep a core busy, nor the process from exiting."""
+    token = _CANCEL.set(event)
+    try:
+        yield
+    finally:
+        _CANCEL.reset(token)
+
+
 # Texts of added tokens that end generation, besides eos (llama.cpp's end-of-generation rule).
 EOG_TEXTS = frozenset({"<|im_end|>", "<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"})
 
@@ -62,6 +102,7 @@ class Tokenizer:
             raise TokenizerError(
                 f"vocabulary lacks single-byte tokens for {len(missing)} byte values, e.g. {missing[0]:#04x}"
             )
+        self._pieces = regex.compile(PRE_TOKENIZER_PATTERNS[vocab.pre])
         self.encoding = tiktoken.Encoding(
             name=f"gguf-{vocab.pre}",
             pat_str=PRE_TOKENIZER_PATTERNS[vocab.pre],
@@ -96,8 +137,52 @@ class Tokenizer:
         return ids
 
     def encode_plain(self, text: str) -> list[int]:
-        """Token ids of `text` with no added tokens: "<|im_end|>" is the ordinary text it spells."""
-        return self.encoding.encode_ordinary(unicodedata.normalize("NFC", text)) if text else []
+        """Token ids of `text` with no added tokens: "<|im_end|>" is the ordinary text it spells.
+        Linear in the text's length, also for pathological text (see MAX_PIECE_CHARS)."""
+        text = unicodedata.normalize("NFC", text)
+        cancel = _CANCEL.get()
+        ids: list[int] = []
+        for part in self._parts(text):
+            if cancel is not None and cancel.is_set():
+                raise EncodingCancelled("encoding cancelled")
+            ids += self.encoding.encode_ordinary(part)
+        return ids
+
+    def _parts(self, text: str) -> Iterator[str]:
+        """`text` in parts to encode one after the other, with the ids of encoding it whole: slices
+        cut where pieces end, and where a piece is over MAX_PIECE_CHARS, that piece in chunks."""
+        start = 0
+        while start < len(text):
+            end = len(text)
+            if start + SLICE_CHARS < len(text):
+                window_end = start + 2 * SLICE_CHARS  # a search to the end could be as slow as BPE
+                cut = _SLICE_END.search(text, start + SLICE_CHARS, window_end)
+                if cut is None or cut.start() == window_end < len(text):  # the window's end is no boundary
+                    yield from self._piecewise(text, start, len(text))
+                    return
+                end = cut.start()
+            if _may_hold_long_piece(text[start:end]) and _LONG_RUN.search(text, start, end) is not None:
+                yield from self._piecewise(text, start, end)
+            else:
+                yield text[start:end]
+            start = end
+
+    def _piecewise(self, text: str, start: int, end: int) -> Iterator[str]:
+        """Pre-tokenize text[start:end] here (slower, piece by piece): ordinary pieces in runs of up
+        to SLICE_CHARS, each long piece in chunks of MAX_PIECE_CHARS."""
+        run = start
+        for piece in self._pieces.finditer(text, start, end):
+            if piece.end() - piece.start() > MAX_PIECE_CHARS:
+                if run < piece.start():
+                    yield text[run : piece.start()]
+                for at in range(piece.start(), piece.end(), MAX_PIECE_CHARS):
+                    yield text[at : min(at + MAX_PIECE_CHARS, piece.end())]
+                run = piece.end()
+            elif piece.end() - run >= SLICE_CHARS:
+                yield text[run : piece.end()]
+                run = piece.end()
+        if run < end:
+            yield text[run:end]
 
     def _added_matches(self, text: str, literal: Sequence[tuple[int, int]]) -> Iterator[re.Match[str]]:
         if self._added_pattern is None:
@@ -127,6 +212,12 @@ class Tokenizer:
     def _check_id(self, token_id: int) -> None:
         if not 0 <= token_id < self.vocab_size:
             raise TokenizerError(f"token id {token_id} is outside the vocabulary of {self.vocab_size}")
+
+
+def _may_hold_long_piece(text: str) -> bool:
+    """A piece over MAX_PIECE_CHARS has a run of half that of one kind (letters, symbols or whitespace)."""
+    half = MAX_PIECE_CHARS // 2
+    return max(map(len, text.split()), default=0) >= half or _LONG_WHITESPACE.search(text) is not None
 
 
 class StreamDecoder:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,29 @@ def tiny_moe_model(model_file):
     from engine import load_model
 
     return load_model(model_file("tiny-moe"))
+
+
+@pytest.fixture
+def read_only() -> Iterator[Callable[[Path], None]]:
+    """Factory: read_only(directory) makes the directory and its files unwritable, for root too
+    (chattr +i); undone after the test. Skips where the file system does not allow it."""
+    made: list[Path] = []
+
+    def make(directory: Path) -> None:
+        paths = [directory, *directory.iterdir()]
+        made.extend(paths)
+        for path in paths:
+            path.chmod(path.stat().st_mode & ~0o222)
+        if os.geteuid() == 0 and subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True).returncode:
+            pytest.skip("chattr +i is not available to make a directory read-only for root")
+        try:
+            (directory / "probe").touch()
+        except OSError:
+            return
+        pytest.skip("cannot make a directory read-only here")
+
+    yield make
+    if made and os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", *map(str, made)], capture_output=True)
+    for path in made:
+        path.chmod(path.stat().st_mode | 0o200)

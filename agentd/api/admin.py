@@ -16,6 +16,7 @@ from agentd.api.openai import context_length_error
 from agentd.api.openai_wire import ChatCompletionRequest, chat_input, decode_chat, encode
 from agentd.errors import ApiError, invalid_request
 from agentd.plan import ContextOverflow, PlanError, chat_prompt
+from agentd.threads import cancellable
 
 _STARTED = int(time.time())
 
@@ -96,7 +97,7 @@ async def tokenize(request: web.Request) -> web.Response:
     req = await decode_body(request, decode_tokenize)
     tokenizer = loaded_model(request).model.tokenizer
     parse_special = request.app[CONFIG].parse_special_in_content if req.parse_special is None else req.parse_special
-    ids = await asyncio.to_thread(tokenizer.encode if parse_special else tokenizer.encode_plain, req.content)
+    ids = await cancellable(lambda: tokenizer.encode(req.content) if parse_special else tokenizer.encode_plain(req.content))
     if req.with_pieces:
         return _json({"tokens": [TokenPiece(i, tokenizer.decode([i])) for i in ids]})
     return _json({"tokens": ids})
@@ -121,8 +122,8 @@ async def apply_template(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     literal = not config.parse_special_in_content
     try:
-        prompt = await asyncio.to_thread(
-            chat_prompt, loaded, chat_input(req), request.app[TURNS], config.preserve_thinking, literal
+        prompt = await cancellable(
+            lambda: chat_prompt(loaded, chat_input(req), request.app[TURNS], config.preserve_thinking, literal)
         )
     except PlanError as exc:
         raise invalid_request(str(exc), param=exc.param) from exc

@@ -9,7 +9,6 @@ The non-streamed body is built by applying the same stream events, so both forms
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -54,6 +53,7 @@ from agentd.errors import ApiError, invalid_request
 from agentd.output import Done, KeepAlive, OutputEvent, output_events
 from agentd.plan import ChatInput, ContextOverflow, Plan, PlanError, chat_prompt, plan_chat
 from agentd.runner import Failed, Job, Token
+from agentd.threads import cancellable
 from tools.events import ReasoningDelta, TextDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 
 log = logging.getLogger("agentd")
@@ -89,7 +89,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     literal = not config.parse_special_in_content
     try:
         turns = request.app[TURNS]
-        prompt = await asyncio.to_thread(chat_prompt, loaded, chat, turns, config.preserve_thinking, literal)
+        prompt = await cancellable(lambda: chat_prompt(loaded, chat, turns, config.preserve_thinking, literal))
         num_tokens = len(prompt.ids)
     except PlanError as exc:
         raise invalid_request(str(exc), param=exc.param) from exc

@@ -3,7 +3,6 @@ and the recording of generated chat turns."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -22,6 +21,7 @@ from agentd.loader import LoadedModel
 from agentd.output import Done, OutputEvent
 from agentd.plan import ChatInput, Plan, PlanError
 from agentd.runner import Failed, Job, NotReady, QueueFull, Runner, Token
+from agentd.threads import cancellable
 from tools.events import Event as ParsedEvent
 from tools.events import collect
 
@@ -80,9 +80,10 @@ def loaded_model(request: web.Request) -> LoadedModel:
 
 
 async def make_plan(build: Callable[[], Plan]) -> Plan:
-    """Run a plan builder off the event loop, mapping its input errors to 400."""
+    """Run a plan builder off the event loop (its tokenization stops when the handler is
+    cancelled), mapping its input errors to 400."""
     try:
-        return await asyncio.to_thread(build)
+        return await cancellable(build)
     except PlanError as exc:
         raise invalid_request(str(exc), param=exc.param) from exc
 

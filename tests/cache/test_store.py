@@ -342,3 +342,21 @@ def test_blob_format_round_trip_and_fuzz():
             decode_state(damaged, "fp")
         except ValueError:
             pass
+
+
+def test_a_read_only_directory_is_served_read_only(tmp_path, read_only, caplog):
+    path = tmp_path / "copy" / "cache.db"
+    _filled(path, A, B)
+    read_only(path.parent)
+    with caplog.at_level(logging.WARNING, logger=store_module.logger.name):
+        disk = _open(path)
+        assert disk.degraded is None and disk.read_only is not None
+        assert len(disk) == 2 and _served(disk, A) and _served(disk, B)
+        longer = A + [40, 41, 42, 43]
+        disk.write(longer, make_state(longer))  # nothing is stored, nothing fails
+        disk.flush()
+        assert disk.match(longer).checkpoint_id == _key(A)
+        assert _served(disk, A)
+        disk.close()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "read-only" in warnings[0] and str(path) in warnings[0], warnings

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 import unicodedata
 
 import gguf
 import pytest
+import regex
 
-from engine.tokenizer import PRE_TOKENIZER_PATTERNS, Tokenizer, TokenizerError
+from engine import tokenizer as tokenizer_module
+from engine.tokenizer import PRE_TOKENIZER_PATTERNS, EncodingCancelled, Tokenizer, TokenizerError, cancel_encoding_on
 from engine.vocab import Vocab, gpt2_byte_to_unicode, qwen35_vocab
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -321,3 +324,58 @@ def test_literal_spans_keep_the_structure_around_them(tokenizer):
     assert tokenizer.decode(ids) == text
     # Text with nothing marked tokenizes exactly as before.
     assert tokenizer.encode(text, []) == tokenizer.encode(text)
+
+
+@pytest.mark.parametrize("name", CORPUS)
+def test_slices_cut_where_pieces_end(tokenizer, hf_reference, monkeypatch, name):
+    """Encoding in slices gives the ids of encoding whole: cut after every few characters."""
+    monkeypatch.setattr(tokenizer_module, "SLICE_CHARS", 3)
+    text = CORPUS[name]
+    assert tokenizer.encode(text) == hf_reference.encode(text, add_special_tokens=False).ids
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_unicode_in_small_slices_matches_hf_reference(tokenizer, hf_reference, monkeypatch, seed):
+    monkeypatch.setattr(tokenizer_module, "SLICE_CHARS", 7)
+    rng = random.Random(seed)
+    texts = [random_unicode(rng, rng.randint(1, 400)) for _ in range(20)]
+    expected = [e.ids for e in hf_reference.encode_batch(texts, add_special_tokens=False)]
+    assert [tokenizer.encode(t) for t in texts] == expected
+
+
+LONG_PIECES = {
+    "letters": "x" * 300_000,
+    "random_letters": "".join(random.Random(0).choices("abcdefghijklmnopqrstuvwxyz", k=300_000)),
+    "symbols": "=-" * 150_000,
+    "spaces": " " * 1_000_000,  # one piece: tiktoken's own pre-tokenizer overflows its stack on it
+    "blank_lines": " \n" * 150_000,
+}
+
+
+@pytest.mark.parametrize("name", LONG_PIECES)
+def test_long_pieces_reach_bpe_in_bounded_chunks(tokenizer, hf_reference, monkeypatch, name):
+    """BPE cost grows faster than linearly with a piece's length: a megabyte with no word break
+    is cut into chunks, and the ordinary text around it keeps its ids."""
+    seen: list[str] = []
+    encode_ordinary = tokenizer.encoding.encode_ordinary
+    monkeypatch.setattr(tokenizer.encoding, "encode_ordinary", lambda text: seen.append(text) or encode_ordinary(text))
+    head, tail = "Here it comes:", "x\nThat was it, 12 chars."
+    text = head + LONG_PIECES[name] + tail
+    ids = tokenizer.encode_plain(text)
+    assert tokenizer.decode(ids) == text
+    pieces = regex.compile(PRE_TOKENIZER_PATTERNS["qwen35"])
+    assert max(len(p) for part in seen for p in pieces.findall(part)) <= tokenizer_module.MAX_PIECE_CHARS
+    head_ids = hf_reference.encode(head, add_special_tokens=False).ids
+    assert ids[: len(head_ids) - 1] == head_ids[:-1]  # the last one may join the long piece
+    assert ids[-3:] == hf_reference.encode(tail, add_special_tokens=False).ids[-3:]
+
+
+def test_encoding_stops_once_cancelled(tokenizer):
+    text = "word " * 100_000
+    cancel = threading.Event()
+    with cancel_encoding_on(cancel):
+        assert len(tokenizer.encode(text)) == 100_001
+        cancel.set()
+        with pytest.raises(EncodingCancelled):
+            tokenizer.encode(text)
+    assert len(tokenizer.encode(text)) == 100_001  # only inside the context
