@@ -3,6 +3,7 @@ and the recording of generated chat turns."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
