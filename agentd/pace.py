@@ -38,4 +38,5 @@ class StepPace:
 
 
 def _smoothed(old: float | None, new: float) -> float:
-    return new if old is None else old + SMOOTHING * (new - old)
+    """Costs rise at once and fall slowly: one slow step must not be followed by an oversized chunk."""
+    return new if old is None or new > old else old + SMOOTHING * (new - old)
