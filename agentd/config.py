@@ -13,8 +13,8 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     api_key: str | None = None  # None: no authentication
     n_ctx: int | None = None  # None: the model's trained context length
     max_queue: int = 32  # requests admitted at once (running + waiting); more get 503
-    max_active: int = 4  # requests interleaved step by step; the rest wait in FIFO order
-    prefill_chunk: int = 256  # prompt tokens per forward call: the cancellation granularity
+    max_active: int = 4  # requests batched into each forward pass; the rest wait in FIFO order
+    prefill_chunk: int = 256  # prompt tokens per step at most (fewer beside running streams: agentd.pace)
     default_max_tokens: int = 8192  # output limit when a request names none (also bounded by n_ctx)
     max_tool_calls: int = 16  # calls per turn before generation is stopped (runaway loops)
     max_body_bytes: int = 32 * 1024 * 1024

@@ -36,6 +36,18 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=r,
         )
+        self.batch_size = Histogram(
+            "agentd_batch_size", "Sequences in one forward pass (decode rows plus a prompt chunk)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=r,
+        )
+        self.step_tokens = Histogram(
+            "agentd_step_tokens", "Tokens in one forward pass (decode rows plus prompt chunk tokens)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), registry=r,
+        )
+        self.inter_token_seconds = Histogram(
+            "agentd_inter_token_seconds", "Time between a stream's consecutive generated tokens",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10), registry=r,
+        )
         self.queue_depth = Gauge("agentd_queue_depth", "Requests waiting for the model", registry=r)
         self.requests_running = Gauge("agentd_requests_running", "Requests being computed", registry=r)
         self.model_loaded = Gauge("agentd_model_loaded", "1 once the model is resident", registry=r)

@@ -1,10 +1,14 @@
-"""The one owner of the model: admits requests, interleaves them step by step, streams tokens back.
+"""The one owner of the model: admits requests, batches them step by step, streams tokens back.
 
 Handlers never touch the model. They `submit` a `GenerationRequest`, read the `Job`'s events
-(`Token`... then `Finished` or `Failed`) and `cancel` it when they leave early. The runner's
-task picks jobs round-robin and runs one step per pick in its single worker thread: a prefill
-chunk of at most `prefill_chunk` tokens, or one decode step. So every admitted request makes
-progress, the event loop stays free while numpy works, and a cancelled job stops within one step.
+(`Token`... then `Finished` or `Failed`) and `cancel` it when they leave early. Up to `max_active`
+jobs are admitted; the rest wait in FIFO order. Every step, in the runner's single worker thread,
+one forward pass carries the next token of every generating job (one weight read for all of
+them) plus a chunk of one prompt being processed (prompts take turns), sized by
+`agentd.pace.StepPace` so running streams are not stalled by a long prompt. The event loop stays
+free while the model works, and a cancelled job leaves the batch at the next step. A sequence's
+logits do not depend on the batch (see `engine.Model.forward_segments`), so greedy output is the
+same as when requests run one by one. A pass that raises fails the requests in it.
 
 Per-request counting follows one vocabulary: `num_tokens` (prompt), `num_cached_tokens` (restored
 from a cache, a head start), `num_computed_tokens` (consumed by the model so far).
@@ -25,6 +29,7 @@ import numpy as np
 
 from agentd.loader import LoadedModel
 from agentd.metrics import Metrics
+from agentd.pace import StepPace
 from agentd.threads import DaemonWorker, in_daemon_thread
 from engine.sampling import TokenLogprob
 
@@ -112,6 +117,7 @@ class Job:
         self.checkpoints: collections.deque[int] = collections.deque()  # positions still to store
         self.stored_position = 0  # the state's deepest position the session cache holds
         self.generated: list[int] = []
+        self.last_token_at: float | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
 
     async def next_event(self, timeout: float | None = None) -> Event | None:
@@ -148,6 +154,7 @@ class Runner:
         self._wakeup = asyncio.Event()
         self._settled = asyncio.Event()  # loading ended, either way
         self._task: asyncio.Task[None] | None = None
+        self.pace = StepPace()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -206,15 +213,18 @@ class Runner:
             self._settled.set()
         self.metrics.model_loaded.set(1)
         while True:
-            job = await self._next_job()
+            jobs = await self._next_batch()
             try:
-                self._step_running = self._worker.submit(functools.partial(self._step, job))
+                self._step_running = self._worker.submit(functools.partial(self._step, jobs))
                 events = await asyncio.shield(self._step_running)
             except Exception as exc:
-                log.exception("request %s failed in the model", job.request.request_id)
-                self._finish(job, Failed(f"generation failed: {type(exc).__name__}: {exc}"))
+                log.exception("requests %s failed in the model", ", ".join(j.request.request_id for j in jobs))
+                for job in jobs:
+                    if not job.done:
+                        self._finish(job, Failed(f"generation failed: {type(exc).__name__}: {exc}"))
                 continue
-            self._deliver(job, events)
+            for job in jobs:
+                self._deliver(job, events.get(job, []))
 
     # -- admission --------------------------------------------------------------------------
 
@@ -239,33 +249,47 @@ class Runner:
             self._release(job)
         self._wakeup.set()
 
-    async def _next_job(self) -> Job:
+    async def _next_batch(self) -> list[Job]:
+        """The jobs of the next step: every generating one, one whose prompt is being processed
+        (taking turns), and cancelled ones with prompt processing to store (see `_step`)."""
         while True:
             while self._waiting and len(self._active) < self.max_active:
                 self._active.append(self._waiting.popleft())
-            self._update_gauges()
-            while self._active:
-                job = self._active.popleft()
-                if not job.cancelled or self._has_unstored_prefill(job):
-                    return job  # a cancelled one gets one more step: storing its prefill (see _step)
+            for job in [j for j in self._active if j.cancelled and not self._has_unstored_prefill(j)]:
                 self._release(job)
+            self._update_gauges()
+            if self._active:
+                break
             self._wakeup.clear()
             await self._wakeup.wait()
+        storing = [j for j in self._active if j.cancelled]
+        prompting = [j for j in self._active if not j.cancelled and not self._prompt_done(j)]
+        if prompting:  # its turn is taken: the next prompt goes first next time
+            self._active.remove(prompting[0])
+            self._active.append(prompting[0])
+        generating = [j for j in self._active if not j.cancelled and self._prompt_done(j)]
+        return generating + prompting[:1] + storing
+
+    @staticmethod
+    def _prompt_done(job: Job) -> bool:
+        return job.state is not None and job.num_computed_tokens >= len(job.request.prompt_ids)
 
     def _deliver(self, job: Job, events: list[Event]) -> None:
         if job.cancelled and not job.done and self._has_unstored_prefill(job):
-            self._active.append(job)  # one more step keeps its prompt processing (see _step)
-            return
+            return  # the next step stores its prompt processing (see _step)
         if job.cancelled or job.done:  # cancelled, or failed by fail_all() during its step
             self._release(job)
             return
         for event in events:
             if isinstance(event, Token):
+                now = time.monotonic()
+                if job.last_token_at is not None:
+                    self.metrics.inter_token_seconds.observe(now - job.last_token_at)
+                job.last_token_at = now
                 job._events.put_nowait(event)
             else:
                 self._finish(job, event)
                 return
-        self._active.append(job)
 
     def _finish(self, job: Job, event: Finished | Failed) -> None:
         stats = job.stats
@@ -332,10 +356,10 @@ class Runner:
         else:
             self.metrics.cache_misses.inc()
 
-    def _chunk_end(self, job: Job) -> int:
-        """Where this prefill chunk stops: after `prefill_chunk` tokens, or at the next checkpoint
+    def _chunk_end(self, job: Job, budget: int) -> int:
+        """Where this prefill chunk stops: after `budget` tokens, or at the next checkpoint
         position, so the state can be stored exactly there."""
-        end = min(job.num_computed_tokens + self.prefill_chunk, len(job.request.prompt_ids))
+        end = min(job.num_computed_tokens + budget, len(job.request.prompt_ids))
         return min(end, job.checkpoints[0]) if job.checkpoints else end
 
     def _store_checkpoint(self, job: Job, tokens: list[int]) -> None:
@@ -344,29 +368,51 @@ class Runner:
             cache.save(tokens[: job.state.position], job.state)
             job.stored_position = job.state.position
 
-    def _step(self, job: Job) -> list[Event]:
-        """One prefill chunk or one decode step; returns the events it produced."""
+    def _step(self, jobs: list[Job]) -> dict[Job, list[Event]]:
+        """One forward pass: a decode row per generating job, a chunk of each unfinished prompt
+        (the runner sends one) within the pace's budget. Cancelled jobs only store their prompt
+        processing. Returns the events each job produced."""
         model = self.require_ready().model
+        started = time.monotonic()
+        budget = self.pace.chunk_budget(sum(self._prompt_done(j) for j in jobs), self.prefill_chunk)
+        runs: list[tuple[Job, list[int]]] = []
+        num_decoding = 0
+        for job in jobs:
+            prompt = job.request.prompt_ids
+            if job.cancelled:  # cancelled once scheduled: only prompt processing is worth keeping
+                if self._has_unstored_prefill(job):
+                    self._store_checkpoint(job, prompt)
+                continue
+            if job.state is None:
+                self._begin(job)
+            if job.num_computed_tokens < len(prompt):
+                runs.append((job, prompt[job.num_computed_tokens : self._chunk_end(job, budget)]))
+            else:
+                runs.append((job, job.generated[-1:]))
+                num_decoding += 1
+        if not runs:
+            return {}
+        segments = [tokens for _, tokens in runs]
+        logits = model.forward_segments(segments, [job.state for job, _ in runs])
+        events = {job: self._advance(job, tokens, row) for (job, tokens), row in zip(runs, logits)}
+        self.pace.record(time.monotonic() - started, num_decoding, sum(map(len, segments)) - num_decoding)
+        self.metrics.batch_size.observe(len(runs))
+        self.metrics.step_tokens.observe(sum(map(len, segments)))
+        return events
+
+    def _advance(self, job: Job, tokens: list[int], logits: np.ndarray) -> list[Event]:
+        """Account for `tokens` having run; store a checkpoint that lands here; sample once the
+        prompt is done."""
         prompt = job.request.prompt_ids
-        if job.cancelled:  # cancelled once scheduled: only prompt processing is worth keeping
-            if self._has_unstored_prefill(job):
-                self._store_checkpoint(job, prompt)
-            return []
-        if job.state is None:
-            self._begin(job)
-        if job.num_computed_tokens < len(prompt):
-            chunk = prompt[job.num_computed_tokens : self._chunk_end(job)]
-            logits = model.forward(chunk, job.state, last_only=True)
-            job.num_computed_tokens += len(chunk)
+        prompting = job.num_computed_tokens < len(prompt)
+        job.num_computed_tokens += len(tokens)
+        if prompting:
             if job.checkpoints and job.num_computed_tokens == job.checkpoints[0]:
                 job.checkpoints.popleft()
                 self._store_checkpoint(job, prompt)
             if job.num_computed_tokens < len(prompt):
                 return []
-        else:
-            logits = model.forward(job.generated[-1:], job.state, last_only=True)
-            job.num_computed_tokens += 1
-        events = self._sample(job, np.asarray(logits[-1], dtype=np.float32))
+        events = self._sample(job, np.asarray(logits, dtype=np.float32))
         if events and isinstance(events[-1], Finished):
             self._end(job)
         return events

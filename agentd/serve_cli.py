@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--parallel", type=int, default=defaults.max_active, metavar="N",
-        help="requests computed interleaved; the rest wait in order (default: %(default)s)",
+        help="requests batched into each forward pass; the rest wait in order (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--default-max-tokens", type=int, default=defaults.default_max_tokens, metavar="N",

@@ -8,8 +8,9 @@ reach it as stored in the file.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -182,40 +183,56 @@ class Qwen35:
         inv_freq = c.rope_base ** (-np.arange(half, dtype=np.float64) * 2.0 / c.rope_dims)
         self.attn_shape = AttentionShape(c.n_head, c.n_kv_head, c.head_dim, c.rope_dims, inv_freq, c.eps)
 
-    def forward(self, token_ids: np.ndarray, state: State, last_only: bool = False) -> np.ndarray:
-        """Float32 host logits [T, n_vocab] (or [1, n_vocab]); advances `state`."""
+    def forward(self, token_ids: np.ndarray, states: Sequence[State], lengths: Sequence[int],
+                last_only: bool = False) -> np.ndarray:
+        """Float32 host logits of `token_ids`, which hold `lengths[i]` tokens for `states[i]` in turn
+        (one sequence, or a batch); [sum(lengths), n_vocab], or one row per sequence (its last) with
+        `last_only`. Advances every state. Linear layers run once on all rows (one weight read);
+        the recurrent and attention cores run per sequence on its own rows and state, so a
+        sequence's logits do not depend on what else is in the batch when the backend's linear
+        layers are batch-invariant (kernels.cpu_backend)."""
         c, be, layers = self.c, self.be, self.w.layers
+        ends = np.cumsum(lengths)
+        spans = list(zip((ends - np.asarray(lengths)).tolist(), ends.tolist()))
         h = be.embed(self.w.embedding, token_ids)
         x = be.rms_norm(h, layers[0].attn_norm, c.eps)
         next_norms = [lw.attn_norm for lw in layers[1:]] + [self.w.output_norm]
         for i, (lw, next_norm) in enumerate(zip(layers, next_norms)):
             if isinstance(lw.mixer, DeltaNetWeights):
-                y = self._delta_net(x, lw.mixer, state, self._rec_index[i])
+                y = self._delta_net(x, lw.mixer, states, spans, self._rec_index[i])
             else:
-                y = self._attention(x, lw.mixer, state, self._attn_index[i])
+                y = self._attention(x, lw.mixer, states, spans, self._attn_index[i])
             h, x = be.add_rms_norm(h, y, lw.post_norm, c.eps)
             y = self._moe(x, lw.ffn) if isinstance(lw.ffn, MoEWeights) else self._ffn(x, lw.ffn)
             h, x = be.add_rms_norm(h, y, next_norm, c.eps)  # the next layer's input norm, or the output norm
-        state.position += len(token_ids)
-        if last_only:
-            x = be.last_row(x)
+        for state, n in zip(states, lengths):
+            state.position += n
+        if last_only and len(token_ids) > len(states):
+            x = be.take_rows(x, ends - 1)
         return be.to_host(be.linear(x, self.w.output))
 
-    def _delta_net(self, x: Array, w: DeltaNetWeights, state: State, j: int) -> Array:
+    def _delta_net(self, x: Array, w: DeltaNetWeights, states: Sequence[State], spans: list[tuple[int, int]],
+                   j: int) -> Array:
         be = self.be
         proj = be.linear(x, w.in_proj)
-        y, state.conv[j], state.ssm[j] = be.gated_delta_net(
-            proj, w.conv, w.dt_bias, w.a, w.norm, state.conv[j], state.ssm[j], self.delta_shape
-        )
-        return be.linear(y, w.out)
+        ys = []
+        for state, (start, end) in zip(states, spans):
+            y, state.conv[j], state.ssm[j] = be.gated_delta_net(
+                proj[start:end], w.conv, w.dt_bias, w.a, w.norm, state.conv[j], state.ssm[j], self.delta_shape
+            )
+            ys.append(y)
+        return be.linear(be.concat_rows(ys), w.out)
 
-    def _attention(self, x: Array, w: AttentionWeights, state: State, j: int) -> Array:
+    def _attention(self, x: Array, w: AttentionWeights, states: Sequence[State], spans: list[tuple[int, int]],
+                   j: int) -> Array:
         be = self.be
         proj = be.linear(x, w.qkv)
-        y = be.gated_attention(
-            proj, w.q_norm, w.k_norm, state.position, lambda end: state.kv_buffers(j, end), self.attn_shape
-        )
-        return be.linear(y, w.o)
+        ys = [
+            be.gated_attention(proj[start:end], w.q_norm, w.k_norm, state.position,
+                               functools.partial(state.kv_buffers, j), self.attn_shape)
+            for state, (start, end) in zip(states, spans)
+        ]
+        return be.linear(be.concat_rows(ys), w.o)
 
     def _ffn(self, x: Array, w: DenseFFNWeights) -> Array:
         """down(SiLU(gate x) * (up x)) with gate and up in one fused matmul."""

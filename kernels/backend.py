@@ -113,8 +113,11 @@ class Backend(Protocol):
     def add_rms_norm(self, h: Array, y: Array, w: Array, eps: float) -> tuple[Array, Array]:
         """The residual step: (h + y, rms_norm(h + y, w)); h may be updated in place."""
 
-    def last_row(self, x: Array) -> Array:
-        """x[-1:]."""
+    def take_rows(self, x: Array, rows: np.ndarray) -> Array:
+        """x[rows] for a host int array `rows` (each sequence's last row of a batch)."""
+
+    def concat_rows(self, parts: Sequence[Array]) -> Array:
+        """The parts stacked along the rows (the per-sequence outputs of a batch)."""
 
     def swiglu(self, gate_up: Array) -> Array:
         """SiLU(first half of the columns) * second half."""

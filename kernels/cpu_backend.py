@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from kernels import _cpu
 from kernels.backend import AttentionShape, DeltaNetShape, KVBuffers, StoredTensor
-from kernels.numpy_backend import NumpyBackend
+from kernels.numpy_backend import NumpyBackend, sigmoid
 
 try:
     from kernels import _fused
@@ -113,6 +113,12 @@ class CpuBackend(NumpyBackend):
         out = np.empty((gate_up.shape[0], gate_up.shape[1] // 2), np.float32)
         _fused.swiglu(np.ascontiguousarray(gate_up), out)
         return out
+
+    def sigmoid_gate(self, y: np.ndarray, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """A per-row reduction, not BLAS: a matrix-vector product's rounding depends on the row
+        count, and a sequence's logits must not depend on the batch it runs in."""
+        logit = np.add.reduce(x * w, axis=-1)
+        return y * sigmoid(logit)[:, None]
 
     def gated_delta_net(self, proj, conv_w, dt_bias, a, norm_w, conv_state, ssm_state, shape: DeltaNetShape):
         if _fused is None:

@@ -84,8 +84,11 @@ class NumpyBackend:
         h = h + y
         return h, self.rms_norm(h, w, eps)
 
-    def last_row(self, x: np.ndarray) -> np.ndarray:
-        return x[-1:]
+    def take_rows(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return x[rows]
+
+    def concat_rows(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
         half = gate_up.shape[1] // 2

@@ -132,6 +132,7 @@ class FakeModel:
         self.step_seconds = step_seconds
         self.forward_calls = 0
         self.tokens_consumed = 0
+        self.batches: list[list[tuple[int, int]]] = []  # per batched pass: (id of the state, tokens) per row
         self._lock = threading.Lock()
 
     def new_state(self) -> FakeState:
@@ -146,10 +147,29 @@ class FakeModel:
             time.sleep(self.step_seconds)
         state.ids.extend(token_ids)
         state.position += len(token_ids)
-        logits = np.zeros(self.config.n_vocab, np.float32)
-        logits[self._next_token(state.ids)] = PEAK
         rows = 1 if last_only else len(token_ids)
-        return np.tile(logits, (rows, 1))
+        return np.tile(self._logits(state.ids), (rows, 1))
+
+    def forward_segments(self, segments: list[list[int]], states: list[FakeState]) -> np.ndarray:
+        """One pass for a batch (counted as one call): each segment's last logits."""
+        assert len({id(s) for s in states}) == len(states), "a state appears twice in one batch"
+        with self._lock:
+            self.forward_calls += 1
+            self.tokens_consumed += sum(map(len, segments))
+            self.batches.append([(id(state), len(tokens)) for tokens, state in zip(segments, states)])
+        if self.step_seconds:
+            time.sleep(self.step_seconds)
+        rows = []
+        for tokens, state in zip(segments, states):
+            state.ids.extend(tokens)
+            state.position += len(tokens)
+            rows.append(self._logits(state.ids))
+        return np.stack(rows)
+
+    def _logits(self, ids: list[int]) -> np.ndarray:
+        logits = np.zeros(self.config.n_vocab, np.float32)
+        logits[self._next_token(ids)] = PEAK
+        return logits
 
     def _next_token(self, ids: list[int]) -> int:
         text = self.continuation(self.tokenizer.decode(ids))

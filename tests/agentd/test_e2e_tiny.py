@@ -175,3 +175,33 @@ def test_bad_requests_get_4xx_and_serving_continues(tiny_server):
         tiny_server.openai().chat.completions.create(model="m", messages=[{"role": "user", "content": "word " * 3000}])
     assert err.value.body["code"] == "context_length_exceeded" and "2048" in err.value.body["message"]
     assert tiny_server.openai().chat.completions.create(model="m", messages=USER, max_tokens=1).usage.completion_tokens == 1
+
+
+def _metric(tiny_server, name: str) -> float:
+    status, _, text = tiny_server.request("GET", "/metrics")
+    assert status == 200
+    text = text.decode() if isinstance(text, bytes) else text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_concurrent_greedy_streams_match_one_by_one(tiny_server):
+    """Batched decoding is exact: 4 streams at once (prompts of different lengths, so different
+    positions in one batch) give the text each gives alone."""
+    client = tiny_server.openai()
+    prompts = ["Count:", "The weather in Paris today is", "Hello! What is", "A long story about a cat who " * 3]
+
+    def stream(prompt: str) -> str:
+        chunks = client.completions.create(model="m", prompt=prompt, max_tokens=16, temperature=0, stream=True)
+        return "".join(c.choices[0].text for c in chunks if c.choices)
+
+    alone = [stream(p) for p in prompts]
+    multi_before = _metric(tiny_server, "agentd_batch_size_count") - _metric(
+        tiny_server, 'agentd_batch_size_bucket{le="1.0"}')
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(stream, prompts))
+    assert together == alone
+    multi_after = _metric(tiny_server, "agentd_batch_size_count") - _metric(
+        tiny_server, 'agentd_batch_size_bucket{le="1.0"}')
+    assert multi_after > multi_before  # the streams really shared forward passes
+    assert _metric(tiny_server, "agentd_inter_token_seconds_count") > 0
+    tiny_server.wait_idle()

@@ -84,7 +84,7 @@ async def test_prompt_is_processed_in_chunks(started):
     assert model.tokens_consumed == 11
 
 
-async def test_requests_interleave_round_robin(started):
+async def test_generating_requests_share_every_step(started):
     model = FakeModel(lambda ctx: "a" * 20 if ctx.startswith("A") else "b" * 20)
     runner = await started(model, max_active=2)
     order: list[str] = []
@@ -96,8 +96,28 @@ async def test_requests_interleave_round_robin(started):
 
     await asyncio.gather(consume("A"), consume("B"))
     assert sorted(order) == ["A"] * 10 + ["B"] * 10
-    # fair: neither request ran more than one step ahead of the other
-    assert all(order[:i].count("A") - order[:i].count("B") in (-1, 0, 1) for i in range(len(order)))
+    # one pass per step carries both: A's prompt, then A's decode row with B's prompt, ... (11, not 20)
+    assert model.forward_calls == 11
+    # fair: B trails A by at most the one step A's prompt went first
+    assert all(order[:i].count("A") - order[:i].count("B") in (0, 1, 2) for i in range(len(order)))
+
+
+async def test_prompts_take_turns_beside_generating_requests(started):
+    """One prompt chunk per step, prompts in turn, while streams keep getting a token every step."""
+    model = FakeModel(lambda ctx: "z" * 50)
+    runner = await started(model, max_active=3, prefill_chunk=4)
+    stream = runner.submit(request(model, "s", max_tokens=30))
+    await stream.next_event()  # generating
+    stream_state = id(stream.state)
+    first = runner.submit(request(model, "p" * 40, max_tokens=1))
+    second = runner.submit(request(model, "q" * 40, max_tokens=1))
+    await asyncio.gather(drain(stream), drain(first), drain(second))
+    with_stream = [i for i, rows in enumerate(model.batches) if (stream_state, 1) in rows or (stream_state, 2) in rows]
+    assert with_stream == list(range(with_stream[0], with_stream[0] + 30))  # its row in every step to the end
+    for rows in model.batches[with_stream[0] + 1 : with_stream[-1] + 1]:
+        assert sum(n > 1 for _, n in rows) <= 1 and max(n for _, n in rows) <= 4  # one prompt chunk per step
+    # beside a stream chunks are at most 4 tokens: the second prompt started before the first was done
+    assert second.stats.started_at < first.stats.first_token_at
 
 
 async def test_requests_beyond_max_active_wait_in_order(started):
@@ -204,14 +224,14 @@ async def test_a_job_cancelled_after_it_was_scheduled_ends_quietly():
     assert await runner.wait_loaded()
     try:
         job = runner.submit(request(model, "p" * 10))
-        runner._waiting.remove(job)  # picked, as _next_job would
+        runner._waiting.remove(job)  # picked, as _next_batch would
         job.cancelled = True
-        assert runner._step(job) == [] and job.state is None
+        assert runner._step([job]) == {} and job.state is None
         generating = Job(request(model, "q" * 4))
-        runner._step(generating)
-        runner._step(generating)  # prompt done, first token sampled
+        runner._step([generating])
+        runner._step([generating])  # prompt done, first token sampled
         generating.cancelled = True
-        assert runner._step(generating) == [] and cache.saved == []
+        assert runner._step([generating]) == {} and cache.saved == []
     finally:
         await runner.stop()
 
