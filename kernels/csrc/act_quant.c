@@ -23,10 +23,11 @@ acts *acts_alloc(enum act_kind kind, int T, int k) {
     int block = kind == ACT_Q8_32 ? 32 : 256;
     size_t n = (size_t)T * k;
     a->qs = aligned(n);
+    a->qsi = aligned(n);
     a->d = aligned(n / block * sizeof(float));
     if (kind == ACT_Q8_32) a->s = aligned(n / 32 * sizeof(float));
     else a->bsums = aligned(n / 16 * sizeof(int16_t));
-    if (!a->qs || !a->d || (!a->s && !a->bsums)) {
+    if (!a->qs || !a->qsi || !a->d || (!a->s && !a->bsums)) {
         acts_free(a);
         return NULL;
     }
@@ -36,6 +37,7 @@ acts *acts_alloc(enum act_kind kind, int T, int k) {
 void acts_free(acts *a) {
     if (!a) return;
     free((void *)a->qs);
+    free((void *)a->qsi);
     free((void *)a->d);
     free((void *)a->s);
     free((void *)a->bsums);
@@ -60,6 +62,16 @@ static float quantize_block(const float *x, int8_t *q, int n) {
     return d;
 }
 
+/* the interleaved copy: lane i of 32-byte vector c = values 32i + 4c .. +3 of each whole 256, so
+ * that one vector's lanes meet eight different 32-value blocks (see dot_x86.h) */
+static void interleave_row(const int8_t *q, int8_t *out, int k) {
+    int full = k / 256 * 256;
+    for (int base = 0; base < full; base += 256)
+        for (int c = 0; c < 8; c++)
+            for (int i = 0; i < 8; i++) memcpy(out + base + 32 * c + 4 * i, q + base + 32 * i + 4 * c, 4);
+    memcpy(out + full, q + full, (size_t)(k - full));
+}
+
 void acts_quantize(acts *a, const float *x, int t0, int t1) {
     const int k = a->k, block = a->kind == ACT_Q8_32 ? 32 : 256, nb = k / block;
     for (int t = t0; t < t1; t++) {
@@ -82,5 +94,6 @@ void acts_quantize(acts *a, const float *x, int t0, int t1) {
                 }
             }
         }
+        interleave_row(qr, (int8_t *)a->qsi + (size_t)t * k, k);
     }
 }

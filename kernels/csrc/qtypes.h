@@ -41,6 +41,9 @@ typedef struct {
     int k;
     const float *f32;      /* ACT_F32: the float rows themselves, [T, k] */
     const int8_t *qs;      /* [T, k] int8 values */
+    const int8_t *qsi;     /* qs interleaved per 256 values (SIMD kernels): 32-byte vector c holds
+                              values 32i + 4c .. 32i + 4c + 3 in its 32-bit lane i; a last partial
+                              256 stays in order */
     const float *d;        /* [T, k / block] scales */
     const float *s;        /* ACT_Q8_32: [T, k / 32] d * sum of the block's values */
     const int16_t *bsums;  /* ACT_Q8_256: [T, k / 16] sums of 16 values */
