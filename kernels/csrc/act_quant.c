@@ -25,9 +25,9 @@ acts *acts_alloc(enum act_kind kind, int T, int k) {
     a->qs = aligned(n);
     a->qsi = aligned(n);
     a->d = aligned(n / block * sizeof(float));
-    if (kind == ACT_Q8_32) a->s = aligned(n / 32 * sizeof(float));
-    else a->bsums = aligned(n / 16 * sizeof(int16_t));
-    if (!a->qs || !a->qsi || !a->d || (!a->s && !a->bsums)) {
+    a->s = aligned(n / 32 * sizeof(float));
+    if (kind != ACT_Q8_32) a->bsums = aligned(n / 16 * sizeof(int16_t));
+    if (!a->qs || !a->qsi || !a->d || !a->s || (kind != ACT_Q8_32 && !a->bsums)) {
         acts_free(a);
         return NULL;
     }
@@ -92,6 +92,8 @@ void acts_quantize(acts *a, const float *x, int t0, int t1) {
                     for (int i = 0; i < 16; i++) sum += q[g * 16 + i];
                     bs[g] = (int16_t)sum;
                 }
+                for (int j = 0; j < 8; j++)
+                    ((float *)a->s)[(size_t)t * (k / 32) + b * 8 + j] = d * (float)(bs[2 * j] + bs[2 * j + 1]);
             }
         }
         interleave_row(qr, (int8_t *)a->qsi + (size_t)t * k, k);

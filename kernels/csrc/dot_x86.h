@@ -82,13 +82,13 @@ ALWAYS void transpose8(__m256i v[8]) {
 /* sum over c < n of dot(u[c], activation vector c at x): after transpose8, lane i is group i;
  * sg (signed types) moves the weight signs onto the activations */
 ALWAYS __m256i dot_run(const __m256i *u, const __m256i *sg, const int8_t *x, const int n) {
-    __m256i isum = _mm256_setzero_si256();
+    __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};  /* two short chains */
     for (int c = 0; c < n; c++) {
         __m256i xv = load32(x + 32 * c);
         if (sg) xv = _mm256_sign_epi8(xv, sg[c]);
-        isum = dot_acc(isum, u[c], xv);
+        isum[c & 1] = dot_acc(isum[c & 1], u[c], xv);
     }
-    return isum;
+    return _mm256_add_epi32(isum[0], isum[1]);
 }
 
 /* Per-row pointers into the activations for rows t0..t0+NT-1 */
@@ -192,6 +192,7 @@ ALWAYS void row32(const int QT, const int type_size, const uint8_t *row, const a
             transpose8(sg);
             for (int j = 0; j < 8; j++) u[j] = _mm256_sign_epi8(sg[j], sg[j]);
         }
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < NT; t++) {
             __m256i isum = dot_run(u, has_min ? NULL : sg, xi[t] + 32 * b, 8);
             __m256 sv = _mm256_mul_ps(dv, _mm256_loadu_ps(xd[t] + b));
@@ -227,8 +228,7 @@ ALWAYS __m256i pick1(__m256i table, int j) { return _mm256_permutevar8x32_epi32(
 ALWAYS __m256i pick2(__m256i table, int j) {
     return _mm256_permutevar8x32_epi32(table, _mm256_setr_epi32(j, j, j, j, j + 1, j + 1, j + 1, j + 1));
 }
-/* 8 (signed) bytes -> a scale table */
-ALWAYS __m256i scale_table_u8(uint64_t v) { return scale_table(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v))); }
+/* 8 signed bytes -> a scale table */
 ALWAYS __m256i scale_table_i8(const int8_t *p) {
     return scale_table(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
@@ -244,21 +244,21 @@ ALWAYS void k_scales(const uint8_t *s, uint64_t *sc, uint64_t *mn) {
     *mn = (w1 & 0x3f3f3f3f) | (uint64_t)mn_hi << 32;
 }
 
-/* mins (8 bytes, one per 32 values) -> 16 int16, one per 16 values, to pair with BSUMS */
-ALWAYS __m256i mins_per16(uint64_t mn) {
-    __m128i m = _mm_cvtsi64_si128((long long)mn);
-    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
-}
-
 /* Q4_K (HQ = 0) and Q5_K (HQ = 1). 32-byte chunk c of qs: low nibbles are sub-block 2c,
- * high nibbles 2c+1; transposed, lane j of a row's sum is sub-block j (scale j, min j); Q5_K's bit j of qh[l] is the fifth bit of value l of sub-block j,
+ * high nibbles 2c+1; transposed, lane j of a row's sum is sub-block j, so d * scale j and
+ * -dmin * min j are per-block float vectors shared by all rows, the mins meeting the
+ * activations' 32-value sums (acts.s); Q5_K's bit j of qh[l] is the fifth bit of value l of sub-block j,
  * brought to bit 4 by shifting a running copy of qh right once per sub-block. */
 ALWAYS void row_q45k(const int HQ, const uint8_t *row, const acts *a, int t0, const int NT, float *res) {
     ACT_ROWS(256)
     const int type_size = HQ ? 176 : 144;
     const __m256i low4 = _mm256_set1_epi8(15), bit4 = _mm256_set1_epi8(0x10);
     __m256 acc[MAX_NT];
-    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    const float *xs[MAX_NT];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm256_setzero_ps();
+        xs[t] = a->s + (size_t)(t0 + t) * (k / 32);
+    }
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = row + (size_t)b * type_size, *qs = blk + (HQ ? 48 : 16);
         uint64_t sc8, mn8;
@@ -279,13 +279,14 @@ ALWAYS void row_q45k(const int HQ, const uint8_t *row, const acts *a, int t0, co
             u[2 * c + 1] = hi;
         }
         transpose8(u);
-        __m256i mins = mins_per16(mn8);
-        float d = fp16(blk), dmin = fp16(blk + 2);
+        const __m256 scales = _mm256_mul_ps(_mm256_set1_ps(fp16(blk)), _mm256_cvtepi32_ps(sc32));
+        const __m256 mins = _mm256_mul_ps(_mm256_set1_ps(-fp16(blk + 2)),
+                                          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn8))));
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < NT; t++) {
-            __m256i isum = _mm256_mullo_epi32(dot_run(u, NULL, xi[t] + 256 * b, 8), sc32);
-            __m256i msum = _mm256_madd_epi16(BSUMS(t, b), mins);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xd[t][b]), _mm256_cvtepi32_ps(isum), acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * xd[t][b]), _mm256_cvtepi32_ps(msum), acc[t]);
+            __m256 dot = _mm256_cvtepi32_ps(dot_run(u, NULL, xi[t] + 256 * b, 8));
+            acc[t] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(xs[t] + 8 * b), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(xd[t] + b), _mm256_mul_ps(scales, dot), acc[t]);
         }
     }
     for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]);
@@ -318,6 +319,7 @@ ALWAYS void row_q6k(const uint8_t *row, const acts *a, int t0, const int NT, flo
         }
         transpose8(u);
         float d = fp16(blk + 208);
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < NT; t++) {
             const int8_t *x = xi[t] + 256 * b;
             __m256i even = _mm256_mullo_epi32(dot_run(u, NULL, x, 4), sc_even);

@@ -45,7 +45,7 @@ typedef struct {
                               values 32i + 4c .. 32i + 4c + 3 in its 32-bit lane i; a last partial
                               256 stays in order */
     const float *d;        /* [T, k / block] scales */
-    const float *s;        /* ACT_Q8_32: [T, k / 32] d * sum of the block's values */
+    const float *s;        /* [T, k / 32] d * sum of each 32 values (d: their block's scale) */
     const int16_t *bsums;  /* ACT_Q8_256: [T, k / 16] sums of 16 values */
 } acts;
 
