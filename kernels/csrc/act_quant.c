@@ -26,8 +26,9 @@ acts *acts_alloc(enum act_kind kind, int T, int k) {
     a->qsi = aligned(n);
     a->d = aligned(n / block * sizeof(float));
     a->s = aligned(n / 32 * sizeof(float));
-    if (kind != ACT_Q8_32) a->bsums = aligned(n / 16 * sizeof(int16_t));
-    if (!a->qs || !a->qsi || !a->d || !a->s || (kind != ACT_Q8_32 && !a->bsums)) {
+    if (kind == ACT_Q8_32) a->sums = aligned(n / 32 * sizeof(int32_t));
+    else a->bsums = aligned(n / 16 * sizeof(int16_t));
+    if (!a->qs || !a->qsi || !a->d || !a->s || (kind == ACT_Q8_32 ? !a->sums : !a->bsums)) {
         acts_free(a);
         return NULL;
     }
@@ -41,6 +42,7 @@ void acts_free(acts *a) {
     free((void *)a->d);
     free((void *)a->s);
     free((void *)a->bsums);
+    free((void *)a->sums);
     free(a);
 }
 
@@ -85,6 +87,7 @@ void acts_quantize(acts *a, const float *x, int t0, int t1) {
                 int sum = 0;
                 for (int i = 0; i < 32; i++) sum += q[i];
                 ((float *)a->s)[(size_t)t * nb + b] = d * (float)sum;
+                ((int32_t *)a->sums)[(size_t)t * nb + b] = sum;
             } else {
                 int16_t *bs = (int16_t *)a->bsums + (size_t)t * (k / 16) + b * 16;
                 for (int g = 0; g < 16; g++) {

@@ -3,6 +3,7 @@
  *   ISA                      suffix of the kernel names
  *   dot_i32(u, s)              8 x int32, lane i = sum of u8 u[4i..4i+3] * s8 s[4i..4i+3]
  *   dot_acc(acc, u, s)         acc + dot_i32(u, s)
+ *   OFFSET_CODES               1 when dot_acc is exact for any u8 codes (no int16 stage)
  *   dot_acc_sc(acc, u, s, sc)  acc + dot_i32(u, s) * scale, sc holding int16 scales: the
  *                              low 128 bits scale values 0-15, the high 128 bits 16-31
  * All integer sums are exact, so both builds give bit-identical results.
@@ -159,24 +160,30 @@ ALWAYS __m256 lane(__m256 v, int j) { return _mm256_permutevar8x32_ps(v, _mm256_
 
 /* Eight blocks at a time, transposed: lane i of each row's integer sum is block i, so the 8
  * weight scales times the 8 activation scales are one vector multiply and one FMA per row.
- * The per-block additive terms (min types) are one vector FMA of the 8 block mins with the
- * activation block sums. A tail of fewer than 8 blocks uses scalar scales. */
+ * The per-block additive terms are one vector FMA of the 8 block mins with the activation
+ * block sums; signed types (Q8_0, IQ4_NL) count as codes w + 128 with min -128 d: with
+ * OFFSET_CODES (vpdpbusd takes any u8) those codes go in as they are, with no per-row sign
+ * moves; without it (maddubs would saturate) the sign-moved sum gets 128 * the activation
+ * sums added, the same integers. A tail of fewer than 8 blocks uses scalar scales. */
 ALWAYS void row32(const int QT, const int type_size, const uint8_t *row, const acts *a, int t0,
                   const int NT, float *res) {
     ACT_ROWS(32)
     __m256 acc[MAX_NT];
     float accm[MAX_NT];
     const float *xs[MAX_NT];
+    const int32_t *sums[MAX_NT];
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm256_setzero_ps();
         accm[t] = 0.0f;
         xs[t] = a->s + (size_t)(t0 + t) * nb;
+        sums[t] = a->sums + (size_t)(t0 + t) * nb;
+        (void)sums[t];
     }
     const int has_min = !SIGNED32(QT);
     int b = 0;
     for (; b + 8 <= nb; b += 8) {
         const uint8_t *blk = row + (size_t)b * type_size;
-        __m256 dv = halves8(blk, type_size), mv = _mm256_setzero_ps();
+        __m256 dv = halves8(blk, type_size), mv = _mm256_mul_ps(dv, _mm256_set1_ps(-128.0f));
         if (QT == QT_Q4_1 || QT == QT_Q5_1) mv = halves8(blk + 2, type_size);
         if (QT == QT_Q4_0) mv = _mm256_mul_ps(dv, _mm256_set1_ps(-8.0f));
         if (QT == QT_Q5_0) mv = _mm256_mul_ps(dv, _mm256_set1_ps(-16.0f));
@@ -190,14 +197,17 @@ ALWAYS void row32(const int QT, const int type_size, const uint8_t *row, const a
             transpose8(u);
         } else {
             transpose8(sg);
-            for (int j = 0; j < 8; j++) u[j] = _mm256_sign_epi8(sg[j], sg[j]);
+            for (int j = 0; j < 8; j++)
+                u[j] = OFFSET_CODES ? _mm256_xor_si256(sg[j], _mm256_set1_epi8(-128)) : _mm256_sign_epi8(sg[j], sg[j]);
         }
         _Pragma("GCC unroll 8")
         for (int t = 0; t < NT; t++) {
-            __m256i isum = dot_run(u, has_min ? NULL : sg, xi[t] + 32 * b, 8);
+            __m256i isum = dot_run(u, has_min || OFFSET_CODES ? NULL : sg, xi[t] + 32 * b, 8);
+            if (!has_min && !OFFSET_CODES)  /* the same integers as the offset codes: + 128 * sums */
+                isum = _mm256_add_epi32(isum, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(sums[t] + b)), 7));
             __m256 sv = _mm256_mul_ps(dv, _mm256_loadu_ps(xd[t] + b));
             acc[t] = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(isum), acc[t]);
-            if (has_min) acc[t] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xs[t] + b), acc[t]);
+            acc[t] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xs[t] + b), acc[t]);
         }
     }
     for (; b < nb; b++) {

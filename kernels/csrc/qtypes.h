@@ -47,6 +47,7 @@ typedef struct {
     const float *d;        /* [T, k / block] scales */
     const float *s;        /* [T, k / 32] d * sum of each 32 values (d: their block's scale) */
     const int16_t *bsums;  /* ACT_Q8_256: [T, k / 16] sums of 16 values */
+    const int32_t *sums;   /* ACT_Q8_32: [T, k / 32] integer sums of the block's values */
 } acts;
 
 /* One weight type's kernel: out[(t - t0) * ldo + (r - r0)] = dot(weight row r, activation
