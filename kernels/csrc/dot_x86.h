@@ -83,11 +83,11 @@ ALWAYS void transpose8(__m256i v[8]) {
 /* sum over c < n of dot(u[c], activation vector c at x): after transpose8, lane i is group i;
  * sg (signed types) moves the weight signs onto the activations */
 ALWAYS __m256i dot_run(const __m256i *u, const __m256i *sg, const int8_t *x, const int n) {
-    __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};  /* two short chains */
+    __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};  /* 8: two short chains */
     for (int c = 0; c < n; c++) {
         __m256i xv = load32(x + 32 * c);
         if (sg) xv = _mm256_sign_epi8(xv, sg[c]);
-        isum[c & 1] = dot_acc(isum[c & 1], u[c], xv);
+        isum[n == 8 && c & 1] = dot_acc(isum[n == 8 && c & 1], u[c], xv);
     }
     return _mm256_add_epi32(isum[0], isum[1]);
 }
