@@ -1,10 +1,12 @@
 """Micro-benchmark of the compiled CPU kernels (kernels._cpu) against numpy float32 BLAS.
 
-Prints three tables:
+Prints four tables:
 - the memory bandwidth ceiling (np.sum over a 500 MB array; np.copyto counted as read + write);
 - decode: one activation row (T=1) times each weight type, for a [3584 x 1024] matrix and a
   vocab-sized [248320 x 1024] output layer, as GB/s of weight bytes read and matrix-vector
   products per second, next to numpy's float32 matvec on the dequantized matrix;
+- batch: T=1, 4 and 8 rows (batched decoding) for the decode shapes, as time per call and the
+  ratio to T=1: the extra rows should cost little next to reading the weights once;
 - prompt: T=512 rows, GFLOP/s of the int8 kernel, of dequantized tiles fed to BLAS, and of
   numpy's `x @ W_f32.T`.
 
@@ -13,7 +15,7 @@ shared and noisy. Large matrices repeat one quantized tile of rows: the bytes re
 same as for distinct rows.
 
     python scripts/bench_kernels.py [--repeat 10] [--threads 1,2] [--types Q4_K,Q8_0] [--quick]
-                                    [--cpu-time]
+                                    [--cpu-time] [--batch-only]
 """
 
 from __future__ import annotations
@@ -100,6 +102,29 @@ def decode(types: list[QT], threads: list[int], shapes: list[tuple[int, int]], r
     print()
 
 
+BATCH_T = (1, 4, 8)
+
+
+def batch(types: list[QT], threads: list[int], shapes: list[tuple[int, int]], repeat: int, rng) -> None:
+    print(f"## Batch: T={'/'.join(map(str, BATCH_T))} rows per call, ms and ratio to T=1")
+    header = " ".join(f"{'T=' + str(t) + ' ms':>9}" for t in BATCH_T)
+    ratios = " ".join(f"{'x' + str(t):>5}" for t in BATCH_T[1:])
+    print(f"{'shape':>14} {'type':>7} {'thr':>3} {header} {ratios}")
+    for n_rows, k in shapes:
+        xs = {t: rng.standard_normal((t, k)).astype(np.float32) for t in BATCH_T}
+        outs = {t: np.empty((t, n_rows), dtype=np.float32) for t in BATCH_T}
+        for qtype in types:
+            w = weight_bytes(qtype, n_rows, k, rng)
+            for n in threads:
+                _cpu.set_threads(n)
+                ms = {t: timed(lambda: _cpu.qmatmul(w, int(qtype), n_rows, k, xs[t], outs[t]), repeat)[0] * 1e3
+                      for t in BATCH_T}
+                cells = " ".join(f"{ms[t]:9.3f}" for t in BATCH_T)
+                rel = " ".join(f"{ms[t] / ms[1]:5.2f}" for t in BATCH_T[1:])
+                print(f"{n_rows:>7}x{k:<6} {qtype.name:>7} {n:>3} {cells} {rel}")
+    print()
+
+
 def dequant_gemm(w: np.ndarray, qtype: QT, n_rows: int, k: int, x: np.ndarray, out: np.ndarray,
                  tile: np.ndarray) -> None:
     """The alternative prompt path: dequantize cache-sized row tiles and let BLAS multiply."""
@@ -140,6 +165,8 @@ def main() -> None:
     parser.add_argument("--types", default=None, help="comma-separated GGML type names (default: all)")
     parser.add_argument("--prompt-types", default="Q4_K,Q6_K,Q8_0", help="types for the T=512 table")
     parser.add_argument("--quick", action="store_true", help="skip the vocab-sized matrix and bandwidth")
+    parser.add_argument("--batch-only", action="store_true", help="print only the T=1/4/8 table")
+    parser.add_argument("--batch-types", default="Q4_K,Q6_K,Q8_0", help="types for the T=1/4/8 table")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by process CPU time (meaningful with --threads 1): other processes' "
                              "use of the cores then does not count")
@@ -152,9 +179,13 @@ def main() -> None:
     types = [QT[name] for name in args.types.split(",")] if args.types else supported
     rng = np.random.default_rng(0)
     print(f"kernels._cpu variant: {_cpu.isa()} (available: {', '.join(_cpu.available_isas())})\n")
+    shapes = DECODE_SHAPES[:1] if args.quick else DECODE_SHAPES
+    batch([QT[name] for name in args.batch_types.split(",")], threads, shapes, args.repeat, rng)
+    if args.batch_only:
+        return
     if not args.quick:
         bandwidth(args.repeat)
-    decode(types, threads, DECODE_SHAPES[:1] if args.quick else DECODE_SHAPES, args.repeat, rng)
+    decode(types, threads, shapes, args.repeat, rng)
     prompt([QT[name] for name in args.prompt_types.split(",")], threads, args.repeat, rng)
 
 

@@ -23,10 +23,12 @@ acts *acts_alloc(enum act_kind kind, int T, int k) {
     int block = kind == ACT_Q8_32 ? 32 : 256;
     size_t n = (size_t)T * k;
     a->qs = aligned(n);
+    a->qsi = aligned(n);
     a->d = aligned(n / block * sizeof(float));
-    if (kind == ACT_Q8_32) a->s = aligned(n / 32 * sizeof(float));
+    a->s = aligned(n / 32 * sizeof(float));
+    if (kind == ACT_Q8_32) a->sums = aligned(n / 32 * sizeof(int32_t));
     else a->bsums = aligned(n / 16 * sizeof(int16_t));
-    if (!a->qs || !a->d || (!a->s && !a->bsums)) {
+    if (!a->qs || !a->qsi || !a->d || !a->s || (kind == ACT_Q8_32 ? !a->sums : !a->bsums)) {
         acts_free(a);
         return NULL;
     }
@@ -36,9 +38,11 @@ acts *acts_alloc(enum act_kind kind, int T, int k) {
 void acts_free(acts *a) {
     if (!a) return;
     free((void *)a->qs);
+    free((void *)a->qsi);
     free((void *)a->d);
     free((void *)a->s);
     free((void *)a->bsums);
+    free((void *)a->sums);
     free(a);
 }
 
@@ -60,6 +64,16 @@ static float quantize_block(const float *x, int8_t *q, int n) {
     return d;
 }
 
+/* the interleaved copy: lane i of 32-byte vector c = values 32i + 4c .. +3 of each whole 256, so
+ * that one vector's lanes meet eight different 32-value blocks (see dot_x86.h) */
+static void interleave_row(const int8_t *q, int8_t *out, int k) {
+    int full = k / 256 * 256;
+    for (int base = 0; base < full; base += 256)
+        for (int c = 0; c < 8; c++)
+            for (int i = 0; i < 8; i++) memcpy(out + base + 32 * c + 4 * i, q + base + 32 * i + 4 * c, 4);
+    memcpy(out + full, q + full, (size_t)(k - full));
+}
+
 void acts_quantize(acts *a, const float *x, int t0, int t1) {
     const int k = a->k, block = a->kind == ACT_Q8_32 ? 32 : 256, nb = k / block;
     for (int t = t0; t < t1; t++) {
@@ -73,6 +87,7 @@ void acts_quantize(acts *a, const float *x, int t0, int t1) {
                 int sum = 0;
                 for (int i = 0; i < 32; i++) sum += q[i];
                 ((float *)a->s)[(size_t)t * nb + b] = d * (float)sum;
+                ((int32_t *)a->sums)[(size_t)t * nb + b] = sum;
             } else {
                 int16_t *bs = (int16_t *)a->bsums + (size_t)t * (k / 16) + b * 16;
                 for (int g = 0; g < 16; g++) {
@@ -80,7 +95,10 @@ void acts_quantize(acts *a, const float *x, int t0, int t1) {
                     for (int i = 0; i < 16; i++) sum += q[g * 16 + i];
                     bs[g] = (int16_t)sum;
                 }
+                for (int j = 0; j < 8; j++)
+                    ((float *)a->s)[(size_t)t * (k / 32) + b * 8 + j] = d * (float)(bs[2 * j] + bs[2 * j + 1]);
             }
         }
+        interleave_row(qr, (int8_t *)a->qsi + (size_t)t * k, k);
     }
 }

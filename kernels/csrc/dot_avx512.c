@@ -9,6 +9,8 @@
 static inline __m256i dot_i32(__m256i u, __m256i s) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
 }
+#define OFFSET_CODES 1
+static inline __m256i dot_acc(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 /* scaled: the int16 pair sums of maddubs times the int16 scales, accumulated by vpdpwssd */
 static inline __m256i dot_acc_sc(__m256i acc, __m256i u, __m256i s, __m256i sc) {
     return _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, s), sc);

@@ -2,6 +2,8 @@
  * this file after defining
  *   ISA                      suffix of the kernel names
  *   dot_i32(u, s)              8 x int32, lane i = sum of u8 u[4i..4i+3] * s8 s[4i..4i+3]
+ *   dot_acc(acc, u, s)         acc + dot_i32(u, s)
+ *   OFFSET_CODES               1 when dot_acc is exact for any u8 codes (no int16 stage)
  *   dot_acc_sc(acc, u, s, sc)  acc + dot_i32(u, s) * scale, sc holding int16 scales: the
  *                              low 128 bits scale values 0-15, the high 128 bits 16-31
  * All integer sums are exact, so both builds give bit-identical results.
@@ -12,7 +14,13 @@
  * activation block sums. Each activation row t has its own accumulators and the same
  * instruction sequence whatever NT is, which is what makes a row's result independent of the
  * batch. NT is a compile-time constant (always_inline + switch) so accumulators stay in
- * registers and each weight block is decoded once for all NT rows. */
+ * registers and each weight block is decoded once for all NT rows.
+ *
+ * Multi-row cost: a 32-value vector per row costs one dot_acc and nothing else when eight
+ * vectors from eight different scale groups are transposed (32-bit lanes, once per weight
+ * block, shared by all rows) so that lane i always meets group i: the rows then read the
+ * activations in the matching interleaved order (acts.qsi) and apply all eight scales with one
+ * vector multiply, instead of a scaled multiply-add or a float conversion per vector per row. */
 #include <immintrin.h>
 
 #include "qtypes.h"
@@ -53,13 +61,47 @@ ALWAYS __m256i iq4_grid(void) {
 
 ALWAYS __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
+/* 8 x 8 transpose of 32-bit lanes: lane i of v[c] becomes lane c of v[i] */
+ALWAYS void transpose8(__m256i v[8]) {
+    __m256i a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+        a[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);
+        a[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]);
+    }
+    for (int h = 0; h < 8; h += 4) {
+        b[h] = _mm256_unpacklo_epi64(a[h], a[h + 2]);
+        b[h + 1] = _mm256_unpackhi_epi64(a[h], a[h + 2]);
+        b[h + 2] = _mm256_unpacklo_epi64(a[h + 1], a[h + 3]);
+        b[h + 3] = _mm256_unpackhi_epi64(a[h + 1], a[h + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        v[c] = _mm256_permute2x128_si256(b[c], b[c + 4], 0x20);
+        v[c + 4] = _mm256_permute2x128_si256(b[c], b[c + 4], 0x31);
+    }
+}
+
+/* sum over c < n of dot(u[c], activation vector c at x): after transpose8, lane i is group i;
+ * sg (signed types) moves the weight signs onto the activations */
+ALWAYS __m256i dot_run(const __m256i *u, const __m256i *sg, const int8_t *x, const int n) {
+    __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};  /* 8: two short chains */
+    for (int c = 0; c < n; c++) {
+        __m256i xv = load32(x + 32 * c);
+        if (sg) xv = _mm256_sign_epi8(xv, sg[c]);
+        isum[n == 8 && c & 1] = dot_acc(isum[n == 8 && c & 1], u[c], xv);
+    }
+    return _mm256_add_epi32(isum[0], isum[1]);
+}
+
 /* Per-row pointers into the activations for rows t0..t0+NT-1 */
 #define ACT_ROWS(block)                                                                         \
     const int k = a->k, nb = k / (block);                                                       \
-    const int8_t *xq[MAX_NT];                                                                   \
+    const int8_t *xq[MAX_NT], *xi[MAX_NT];                                                      \
     const float *xd[MAX_NT];                                                                    \
     for (int t = 0; t < NT; t++) {                                                              \
         xq[t] = a->qs + (size_t)(t0 + t) * k;                                                   \
+        xi[t] = a->qsi + (size_t)(t0 + t) * k;                                                  \
+        (void)xq[t];                                                                            \
+        (void)xi[t];                                                                            \
         xd[t] = a->d + (size_t)(t0 + t) * nb;                                                   \
     }
 
@@ -116,50 +158,56 @@ ALWAYS __m256 halves8(const uint8_t *p, int stride) {
 
 ALWAYS __m256 lane(__m256 v, int j) { return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j)); }
 
-/* The scales of 8 blocks times the 8 activation scales are one vector multiply per row t; each
- * block then broadcasts its lane. The per-block additive terms (min types) are one vector FMA
- * of the 8 block mins with the activation block sums. Blocks go in pairs: the two scaled
- * products are summed before touching the accumulator, so the loop-carried chain is one add
- * per pair. A tail of fewer than 8 blocks uses scalar scales. */
+/* Eight blocks at a time, transposed: lane i of each row's integer sum is block i, so the 8
+ * weight scales times the 8 activation scales are one vector multiply and one FMA per row.
+ * The per-block additive terms are one vector FMA of the 8 block mins with the activation
+ * block sums; signed types (Q8_0, IQ4_NL) count as codes w + 128 with min -128 d: with
+ * OFFSET_CODES (vpdpbusd takes any u8) those codes go in as they are, with no per-row sign
+ * moves; without it (maddubs would saturate) the sign-moved sum gets 128 * the activation
+ * sums added, the same integers. A tail of fewer than 8 blocks uses scalar scales. */
 ALWAYS void row32(const int QT, const int type_size, const uint8_t *row, const acts *a, int t0,
                   const int NT, float *res) {
     ACT_ROWS(32)
     __m256 acc[MAX_NT];
     float accm[MAX_NT];
     const float *xs[MAX_NT];
+    const int32_t *sums[MAX_NT];
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm256_setzero_ps();
         accm[t] = 0.0f;
         xs[t] = a->s + (size_t)(t0 + t) * nb;
+        sums[t] = a->sums + (size_t)(t0 + t) * nb;
+        (void)sums[t];
     }
     const int has_min = !SIGNED32(QT);
     int b = 0;
     for (; b + 8 <= nb; b += 8) {
         const uint8_t *blk = row + (size_t)b * type_size;
-        __m256 dv = halves8(blk, type_size), mv = _mm256_setzero_ps();
+        __m256 dv = halves8(blk, type_size), mv = _mm256_mul_ps(dv, _mm256_set1_ps(-128.0f));
         if (QT == QT_Q4_1 || QT == QT_Q5_1) mv = halves8(blk + 2, type_size);
         if (QT == QT_Q4_0) mv = _mm256_mul_ps(dv, _mm256_set1_ps(-8.0f));
         if (QT == QT_Q5_0) mv = _mm256_mul_ps(dv, _mm256_set1_ps(-16.0f));
-        __m256 sv[MAX_NT];
-        for (int t = 0; t < NT; t++) {
-            sv[t] = _mm256_mul_ps(dv, _mm256_loadu_ps(xd[t] + b));
-            if (has_min) acc[t] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xs[t] + b), acc[t]);
-        }
-        for (int j = 0; j < 8; j += 2) {
-            __m256i u0, u1, s0 = _mm256_setzero_si256(), s1 = s0;
+        __m256i u[8], sg[8];
+        for (int j = 0; j < 8; j++) {
             float unused_d, unused_m;
-            decode32(QT, blk + (size_t)j * type_size, &u0, &s0, &unused_d, &unused_m);
-            decode32(QT, blk + (size_t)(j + 1) * type_size, &u1, &s1, &unused_d, &unused_m);
-            for (int t = 0; t < NT; t++) {
-                __m256i x0 = load32(xq[t] + 32 * (b + j)), x1 = load32(xq[t] + 32 * (b + j + 1));
-                if (!has_min) {
-                    x0 = _mm256_sign_epi8(x0, s0);
-                    x1 = _mm256_sign_epi8(x1, s1);
-                }
-                __m256 f = _mm256_mul_ps(lane(sv[t], j), _mm256_cvtepi32_ps(dot_i32(u0, x0)));
-                f = _mm256_fmadd_ps(lane(sv[t], j + 1), _mm256_cvtepi32_ps(dot_i32(u1, x1)), f);
-                acc[t] = _mm256_add_ps(acc[t], f);
-            }
+            sg[j] = _mm256_setzero_si256();
+            decode32(QT, blk + (size_t)j * type_size, &u[j], &sg[j], &unused_d, &unused_m);
+        }
+        if (has_min) {
+            transpose8(u);
+        } else {
+            transpose8(sg);
+            for (int j = 0; j < 8; j++)
+                u[j] = OFFSET_CODES ? _mm256_xor_si256(sg[j], _mm256_set1_epi8(-128)) : _mm256_sign_epi8(sg[j], sg[j]);
+        }
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < NT; t++) {
+            __m256i isum = dot_run(u, has_min || OFFSET_CODES ? NULL : sg, xi[t] + 32 * b, 8);
+            if (!has_min && !OFFSET_CODES)  /* the same integers as the offset codes: + 128 * sums */
+                isum = _mm256_add_epi32(isum, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(sums[t] + b)), 7));
+            __m256 sv = _mm256_mul_ps(dv, _mm256_loadu_ps(xd[t] + b));
+            acc[t] = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(isum), acc[t]);
+            acc[t] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xs[t] + b), acc[t]);
         }
     }
     for (; b < nb; b++) {
@@ -190,8 +238,7 @@ ALWAYS __m256i pick1(__m256i table, int j) { return _mm256_permutevar8x32_epi32(
 ALWAYS __m256i pick2(__m256i table, int j) {
     return _mm256_permutevar8x32_epi32(table, _mm256_setr_epi32(j, j, j, j, j + 1, j + 1, j + 1, j + 1));
 }
-/* 8 (signed) bytes -> a scale table */
-ALWAYS __m256i scale_table_u8(uint64_t v) { return scale_table(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v))); }
+/* 8 signed bytes -> a scale table */
 ALWAYS __m256i scale_table_i8(const int8_t *p) {
     return scale_table(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
@@ -207,29 +254,28 @@ ALWAYS void k_scales(const uint8_t *s, uint64_t *sc, uint64_t *mn) {
     *mn = (w1 & 0x3f3f3f3f) | (uint64_t)mn_hi << 32;
 }
 
-/* mins (8 bytes, one per 32 values) -> 16 int16, one per 16 values, to pair with BSUMS */
-ALWAYS __m256i mins_per16(uint64_t mn) {
-    __m128i m = _mm_cvtsi64_si128((long long)mn);
-    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
-}
-
 /* Q4_K (HQ = 0) and Q5_K (HQ = 1). 32-byte chunk c of qs: low nibbles are sub-block 2c,
- * high nibbles 2c+1; Q5_K's bit j of qh[l] is the fifth bit of value l of sub-block j,
+ * high nibbles 2c+1; transposed, lane j of a row's sum is sub-block j, so d * scale j and
+ * -dmin * min j are per-block float vectors shared by all rows, the mins meeting the
+ * activations' 32-value sums (acts.s); Q5_K's bit j of qh[l] is the fifth bit of value l of sub-block j,
  * brought to bit 4 by shifting a running copy of qh right once per sub-block. */
 ALWAYS void row_q45k(const int HQ, const uint8_t *row, const acts *a, int t0, const int NT, float *res) {
     ACT_ROWS(256)
     const int type_size = HQ ? 176 : 144;
     const __m256i low4 = _mm256_set1_epi8(15), bit4 = _mm256_set1_epi8(0x10);
     __m256 acc[MAX_NT];
-    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    const float *xs[MAX_NT];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm256_setzero_ps();
+        xs[t] = a->s + (size_t)(t0 + t) * (k / 32);
+    }
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = row + (size_t)b * type_size, *qs = blk + (HQ ? 48 : 16);
         uint64_t sc8, mn8;
         k_scales(blk + 4, &sc8, &mn8);
-        const __m256i table = scale_table_u8(sc8);
+        const __m256i sc32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc8));
         __m256i qh = HQ ? load32(blk + 16) : _mm256_setzero_si256();
-        __m256i isum[MAX_NT];
-        for (int t = 0; t < NT; t++) isum[t] = _mm256_setzero_si256();
+        __m256i u[8];
         for (int c = 0; c < 4; c++) {
             __m256i raw = load32(qs + 32 * c);
             __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
@@ -239,19 +285,18 @@ ALWAYS void row_q45k(const int HQ, const uint8_t *row, const acts *a, int t0, co
                 hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(qh, 4), bit4));
                 qh = _mm256_srli_epi16(qh, 1);
             }
-            __m256i scl = pick1(table, 2 * c), sch = pick1(table, 2 * c + 1);
-            for (int t = 0; t < NT; t++) {
-                const int8_t *x = xq[t] + 256 * b + 64 * c;
-                isum[t] = dot_acc_sc(isum[t], lo, load32(x), scl);
-                isum[t] = dot_acc_sc(isum[t], hi, load32(x + 32), sch);
-            }
+            u[2 * c] = lo;
+            u[2 * c + 1] = hi;
         }
-        __m256i mins = mins_per16(mn8);
-        float d = fp16(blk), dmin = fp16(blk + 2);
+        transpose8(u);
+        const __m256 scales = _mm256_mul_ps(_mm256_set1_ps(fp16(blk)), _mm256_cvtepi32_ps(sc32));
+        const __m256 mins = _mm256_mul_ps(_mm256_set1_ps(-fp16(blk + 2)),
+                                          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn8))));
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < NT; t++) {
-            __m256i msum = _mm256_madd_epi16(BSUMS(t, b), mins);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xd[t][b]), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * xd[t][b]), _mm256_cvtepi32_ps(msum), acc[t]);
+            __m256 dot = _mm256_cvtepi32_ps(dot_run(u, NULL, xi[t] + 256 * b, 8));
+            acc[t] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(xs[t] + 8 * b), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(xd[t] + b), _mm256_mul_ps(scales, dot), acc[t]);
         }
     }
     for (int t = 0; t < NT; t++) res[t] = hsum8(acc[t]);
@@ -259,7 +304,9 @@ ALWAYS void row_q45k(const int HQ, const uint8_t *row, const acts *a, int t0, co
 
 /* Q6_K: per 128-value half, ql bytes l and l+32 give the low nibbles of values l, l+32
  * (low nibble) and l+64, l+96 (high nibble); qh[l] bit pairs 0-1, 2-3, 4-5, 6-7 are their top
- * bits, masked into bits 4-5 in place. Codes are 0..63; the -32 goes through the bsums. */
+ * bits, masked into bits 4-5 in place. Codes are 0..63; the -32 goes through the bsums.
+ * Vector g holds values 32g..32g+31, 16-value sub-blocks 2g and 2g+1; transposed, vectors 0-3
+ * meet sub-block 2i in lane i, vectors 4-7 sub-block 2i+1. */
 ALWAYS void row_q6k(const uint8_t *row, const acts *a, int t0, const int NT, float *res) {
     ACT_ROWS(256)
     const __m256i low4 = _mm256_set1_epi8(15), top2 = _mm256_set1_epi8(0x30);
@@ -268,30 +315,27 @@ ALWAYS void row_q6k(const uint8_t *row, const acts *a, int t0, const int NT, flo
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = row + (size_t)b * 210;
         const int8_t *sc = (const int8_t *)(blk + 192);
-        const __m256i tables[2] = {scale_table_i8(sc), scale_table_i8(sc + 8)};
-        __m256i isum[MAX_NT];
-        for (int t = 0; t < NT; t++) isum[t] = _mm256_setzero_si256();
+        const __m256i scales = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        const __m256i sc_even = _mm256_srai_epi32(_mm256_slli_epi32(scales, 16), 16);
+        const __m256i sc_odd = _mm256_srai_epi32(scales, 16);
+        __m256i u[8];
         for (int h = 0; h < 2; h++) {
             __m256i l0 = load32(blk + 64 * h), l1 = load32(blk + 64 * h + 32), hh = load32(blk + 128 + 32 * h);
-            __m256i q[4] = {
-                _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_and_si256(_mm256_slli_epi16(hh, 4), top2)),
-                _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hh, 2), top2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hh, top2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                _mm256_and_si256(_mm256_srli_epi16(hh, 2), top2)),
-            };
-            for (int i = 0; i < 4; i++) {
-                int g = 4 * h + i;
-                __m256i scv = pick2(tables[h], 2 * i);
-                for (int t = 0; t < NT; t++)
-                    isum[t] = dot_acc_sc(isum[t], q[i], load32(xq[t] + 256 * b + 32 * g), scv);
-            }
+            u[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_and_si256(_mm256_slli_epi16(hh, 4), top2));
+            u[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hh, 2), top2));
+            u[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hh, top2));
+            u[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                                           _mm256_and_si256(_mm256_srli_epi16(hh, 2), top2));
         }
-        __m256i scales = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        transpose8(u);
         float d = fp16(blk + 208);
+        _Pragma("GCC unroll 8")
         for (int t = 0; t < NT; t++) {
+            const int8_t *x = xi[t] + 256 * b;
+            __m256i even = _mm256_mullo_epi32(dot_run(u, NULL, x, 4), sc_even);
+            __m256i odd = _mm256_mullo_epi32(dot_run(u + 4, NULL, x + 128, 4), sc_odd);
             __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(BSUMS(t, b), scales), 5);
-            __m256i total = _mm256_sub_epi32(isum[t], offset);
+            __m256i total = _mm256_sub_epi32(_mm256_add_epi32(even, odd), offset);
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xd[t][b]), _mm256_cvtepi32_ps(total), acc[t]);
         }
     }

@@ -41,9 +41,13 @@ typedef struct {
     int k;
     const float *f32;      /* ACT_F32: the float rows themselves, [T, k] */
     const int8_t *qs;      /* [T, k] int8 values */
+    const int8_t *qsi;     /* qs interleaved per 256 values (SIMD kernels): 32-byte vector c holds
+                              values 32i + 4c .. 32i + 4c + 3 in its 32-bit lane i; a last partial
+                              256 stays in order */
     const float *d;        /* [T, k / block] scales */
-    const float *s;        /* ACT_Q8_32: [T, k / 32] d * sum of the block's values */
+    const float *s;        /* [T, k / 32] d * sum of each 32 values (d: their block's scale) */
     const int16_t *bsums;  /* ACT_Q8_256: [T, k / 16] sums of 16 values */
+    const int32_t *sums;   /* ACT_Q8_32: [T, k / 32] integer sums of the block's values */
 } acts;
 
 /* One weight type's kernel: out[(t - t0) * ldo + (r - r0)] = dot(weight row r, activation
