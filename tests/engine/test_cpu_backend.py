@@ -4,10 +4,11 @@ preset shape and tensor-type mix, for a prompt and for decode steps after it.
 Tolerances, as relative RMS error of the logits (|diff|_2 / |ref|_2):
 - float weights (f32, f16, bf16) are multiplied in float32 by both backends: <= 1e-4 (rounding);
 - quantized mixes (q8_0, q4_k_m) quantize activations to int8 blocks, as llama.cpp does, and the
-  random synthetic models amplify that rounding: <= 0.15, with the arg-max token agreeing at >= 70%
+  random synthetic models amplify that rounding: <= 0.15, with the arg-max token agreeing at >= 60%
   of positions. For scale, measured on 150 tokens: llama.cpp itself differs from the exact numpy
   logits by 0.066 / 0.073 (tiny q8_0 / q4_k_m) and 0.069 / 0.113 (small), with arg-max agreement
-  0.84 and 0.75 on small; this backend by 0.066 / 0.072 and 0.069 / 0.114, agreeing as often.
+  0.84 and 0.75 on small; this backend by 0.066 / 0.072 and 0.069 / 0.114, agreeing as often. On
+  this test's 24 tokens llama.cpp agrees at 0.67 on small q4_k_m (relative error 0.131).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def test_cpu_logits_match_numpy(model_file, preset, qtype):
     got = _logits(cpu_model, IDS[:16], IDS[16:])
     assert np.linalg.norm(got - ref) <= TOLERANCE[qtype] * np.linalg.norm(ref)
     agree = (got.argmax(-1) == ref.argmax(-1)).mean()
-    assert agree >= (1.0 if qtype in FLOAT_MIXES else 0.7)
+    assert agree >= (1.0 if qtype in FLOAT_MIXES else 0.6)
 
 
 def test_cpu_backend_keeps_weights_as_stored(model_file):
