@@ -48,10 +48,7 @@ def test_sigterm_ends_requests_and_a_read_only_copy_still_serves_hits(tiny_path,
     cache_dir, log = tmp_path / "cache", tmp_path / "daemon.log"
     daemon = Daemon(tiny_path, cache_dir, log)
     assert daemon.ask(1) == 0
-    deadline = time.monotonic() + 30
-    while daemon.get("/v1/cache")["disk"]["entries"] < daemon.get("/v1/cache")["ram"]["entries"]:
-        assert time.monotonic() < deadline, "write-through to SQLite did not happen"
-        time.sleep(0.2)
+    daemon.wait_for_write_through()
     events: list[bytes] = []
     reader = _stream_until_first_token(daemon.port, events)
 

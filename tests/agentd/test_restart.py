@@ -60,6 +60,13 @@ class Daemon:
         )
         return r.usage.prompt_tokens_details.cached_tokens
 
+    def wait_for_write_through(self) -> None:
+        """Until every RAM entry also sits in SQLite (written in the background)."""
+        deadline = time.monotonic() + 30
+        while self.get("/v1/cache")["disk"]["entries"] < self.get("/v1/cache")["ram"]["entries"]:
+            assert time.monotonic() < deadline, "write-through to SQLite did not happen"
+            time.sleep(0.2)
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
@@ -71,10 +78,7 @@ def test_sigkill_after_and_during_writes_then_resume(tiny_path, tmp_path, capsys
     cache_dir, log = tmp_path / "cache", tmp_path / "daemon.log"
     first = Daemon(tiny_path, cache_dir, log)
     assert first.ask(1) == 0
-    deadline = time.monotonic() + 30
-    while first.get("/v1/cache")["disk"]["entries"] < first.get("/v1/cache")["ram"]["entries"]:
-        assert time.monotonic() < deadline, "write-through to SQLite did not happen"
-        time.sleep(0.2)
+    first.wait_for_write_through()
     first.kill()
 
     second = Daemon(tiny_path, cache_dir, log)
