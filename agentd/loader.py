@@ -64,7 +64,8 @@ def resident_summary(model: Any) -> str:
     """Weight bytes as mapped from the file and as decoded by the backend, and the process RSS."""
     mapped = model.path.stat().st_size
     decoded = model.backend.resident_weight_bytes
-    rss = next((int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith("VmRSS:")), 0)
+    with open("/proc/self/status") as status:
+        rss = next((int(line.split()[1]) << 10 for line in status if line.startswith("VmRSS:")), 0)
     return f"weights {mapped / 2**20:,.0f} MiB mapped + {decoded / 2**20:,.0f} MiB decoded, RSS {rss / 2**20:,.0f} MiB"
 
 

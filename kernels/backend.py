@@ -47,11 +47,6 @@ class StoredTensor:
         size = int(np.prod(inner[:-1], dtype=np.int64)) * self.row_nbytes
         return StoredTensor(f"{self.name}[{index}]", self.qtype, inner, self.data[index * size : (index + 1) * size])
 
-    def rows(self, start: int, stop: int) -> "StoredTensor":
-        """Rows start:stop of a matrix; no copy."""
-        n = self.row_nbytes
-        return StoredTensor(self.name, self.qtype, (stop - start, self.shape[-1]), self.data[start * n : stop * n])
-
 
 @dataclass(frozen=True)
 class DeltaNetShape:

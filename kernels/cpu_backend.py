@@ -83,9 +83,7 @@ class CpuBackend(NumpyBackend):
             _cpu.dequant_rows(table.data, int(table.qtype), table.shape[-1], int(token), int(token) + 1, out[i])
         return out
 
-    def linear(self, x: np.ndarray, w: QuantWeight | np.ndarray) -> np.ndarray:
-        if isinstance(w, np.ndarray):
-            return x @ w.T
+    def linear(self, x: np.ndarray, w: QuantWeight) -> np.ndarray:
         x = np.ascontiguousarray(x, np.float32)
         out = np.empty((x.shape[0], w.n_rows), np.float32)
         for data, qtype, rows, k, col in w.calls:
