@@ -109,7 +109,7 @@ def _proc_status_mb(key: str) -> float:
 def measure(engine_name: str, path: Path, threads: int, prompt_tokens: int, gen_tokens: int) -> dict[str, float]:
     """One worker's figures: load seconds, RSS after load and at peak (MB), prompt and generation tok/s."""
     rng = random.Random(0)
-    ids = [rng.randrange(200_000) for _ in range(prompt_tokens)]
+    ids = [rng.randrange(200_000) for _ in range(max(prompt_tokens, 16 + gen_tokens))]  # decode reads ids[16:]
     start = time.perf_counter()
     if engine_name == LLAMA:
         runner = LlamaCpp(path, threads, prompt_tokens + gen_tokens + 16)
@@ -120,7 +120,7 @@ def measure(engine_name: str, path: Path, threads: int, prompt_tokens: int, gen_
     runner.prompt(ids[:64])  # warm-up
     runner.start(ids[:16])
     runner.decode(ids[:2])
-    prompt_s = _time(runner.prompt, ids)
+    prompt_s = _time(runner.prompt, ids[:prompt_tokens])
     runner.start(ids[:16])  # generation = single-token steps after a short prompt
     decode_s = _time(runner.decode, ids[16 : 16 + gen_tokens])
     return {"load_s": load_s, "rss": rss, "peak_rss": _proc_status_mb("VmHWM"),
